@@ -1,0 +1,1 @@
+"""The data-mixing arm: one model per mixture of the training distributions."""

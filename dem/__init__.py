@@ -1,0 +1,1 @@
+"""The DEM arm: one model per distribution, merged as θ₀ + Σ wᵢΔᵢ with weights searched on validation data."""

@@ -1,0 +1,37 @@
+"""Validation perplexity on the response tokens: the selection criterion of both arms."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from harness.tokens import IGNORE
+
+
+@torch.no_grad()
+def nll(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 16) -> tuple[float, int]:
+    """Summed negative log-likelihood of the labelled tokens and their count (labels shift by one, as in HF)."""
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(x), batch_size):
+        logits = model(input_ids=x[i : i + batch_size]).logits[:, :-1]
+        target = y[i : i + batch_size, 1:]
+        total += F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
+                                 ignore_index=IGNORE, reduction="sum").item()
+        count += int((target != IGNORE).sum())
+    return total, count
+
+
+def perplexity(model: torch.nn.Module, val: dict[str, tuple[torch.Tensor, torch.Tensor]],
+               batch_size: int = 16) -> dict:
+    """Per-distribution perplexity and the pooled one (all validation tokens of all distributions together)."""
+    sums = {name: nll(model, x, y, batch_size) for name, (x, y) in val.items()}
+    pooled_nll = sum(s for s, _ in sums.values())
+    pooled_n = sum(n for _, n in sums.values())
+    return {
+        "val_ppl": math.exp(pooled_nll / pooled_n),
+        "val_ppl_by_dist": {name: math.exp(s / n) for name, (s, n) in sums.items()},
+        "forward_tokens": sum(int(x.numel()) for x, _ in val.values()),
+    }

@@ -1,0 +1,106 @@
+"""Training: one function trains a model on packed blocks with HF Trainer, and every run of both arms
+(and the base model's pre-training) goes through it, so cost is measured the same way everywhere."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainingArguments, default_data_collator
+
+from baselines.mixture import sample_mixture
+from harness import cost
+from harness.models import build_model, load_model, train_tokenizer
+from harness.tokens import Sequence_, encode_text, pack
+
+log = logging.getLogger(__name__)
+
+
+class Blocks(torch.utils.data.Dataset):
+    """Packed (input_ids, labels) blocks as the dict rows Trainer expects."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.x[i], "labels": self.y[i]}
+
+
+def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int, lr: float,
+          warmup_ratio: float, weight_decay: float, seed: int) -> dict[str, Any]:
+    """One epoch over the blocks with AdamW + cosine schedule; returns tokens, FLOPs, wall seconds, losses."""
+    with tempfile.TemporaryDirectory() as scratch:
+        args = TrainingArguments(
+            output_dir=scratch,
+            per_device_train_batch_size=batch_size,
+            num_train_epochs=1,
+            learning_rate=lr,
+            lr_scheduler_type="cosine",
+            warmup_steps=warmup_ratio,  # a float < 1 is a fraction of the steps in transformers >= 5
+            weight_decay=weight_decay,
+            max_grad_norm=1.0,
+            logging_steps=max(1, len(x) // batch_size // 10),
+            save_strategy="no",
+            report_to="none",
+            seed=seed,
+            use_cpu=True,
+            bf16=False,
+            dataloader_num_workers=0,
+        )
+        trainer = Trainer(model=model, args=args, train_dataset=Blocks(x, y), data_collator=default_data_collator)
+        start = time.perf_counter()
+        out = trainer.train()
+        wall = time.perf_counter() - start
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    tokens = int(x.numel())
+    return {
+        "train_tokens": tokens,
+        "loss_tokens": int((y != -100).sum()),
+        "train_flops": cost.train_flops(model.config, tokens, x.shape[1]),
+        "train_wall_s": wall,
+        "train_loss": float(out.training_loss),
+        "loss_first": losses[0] if losses else None,
+        "loss_last": losses[-1] if losses else None,
+        "steps": int(out.global_step),
+    }
+
+
+def finetune(out_dir: Path, base_dir: Path, pools: dict[str, list[Sequence_]], weights: dict[str, float],
+             budget: Any, seed: int, pad_id: int) -> dict[str, Any]:
+    """Fine-tune the base on a weighted mixture (one distribution = weight 1) for the token budget; save it."""
+    seqs = sample_mixture(pools, weights, budget.train_tokens, seed)
+    x, y = pack(seqs, budget.seq_len, pad_id, max_blocks=budget.train_tokens // budget.seq_len)
+    model = load_model(base_dir)
+    record = train(model, x, y, batch_size=budget.batch_size, lr=budget.lr, warmup_ratio=budget.warmup_ratio,
+                   weight_decay=budget.weight_decay, seed=seed)
+    model.save_pretrained(out_dir)
+    log.info("trained %s: %d tokens, loss %.3f -> %.3f, %.1fs", weights, record["train_tokens"],
+             record["loss_first"] or float("nan"), record["loss_last"] or float("nan"), record["train_wall_s"])
+    return {**record, "weights": weights}
+
+
+def pretrain(out_dir: Path, model_cfg: Any, tokenizer_texts: list[str], corpus: list[str], seed: int,
+             warmup_ratio: float = 0.05) -> dict[str, Any]:
+    """Build the base: train the BPE tokenizer, initialise the tiny Llama, pre-train it on the generic corpus."""
+    tok = train_tokenizer(tokenizer_texts, model_cfg.vocab_size)
+    model = build_model(model_cfg, tok, seed)
+    seqs = [encode_text(tok, t) for t in corpus]
+    have = sum(len(s[0]) for s in seqs)
+    seqs = seqs * -(-model_cfg.pretrain_tokens // have)  # repeat the corpus (epochs) if it is short
+    seq_len = model_cfg.pretrain_seq_len
+    x, y = pack(seqs, seq_len, tok.pad_token_id, max_blocks=model_cfg.pretrain_tokens // seq_len)
+    record = train(model, x, y, batch_size=model_cfg.pretrain_batch_size, lr=model_cfg.pretrain_lr,
+                   warmup_ratio=warmup_ratio, weight_decay=0.0, seed=seed)
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    log.info("pre-trained base: %d params, %d tokens, loss %.3f -> %.3f, %.1fs", model.num_parameters(),
+             record["train_tokens"], record["loss_first"] or float("nan"), record["loss_last"] or float("nan"),
+             record["train_wall_s"])
+    return {**record, "params": model.num_parameters(), "vocab_size": len(tok)}
