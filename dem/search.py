@@ -39,8 +39,8 @@ def apply_weights(model: torch.nn.Module, base: dict[str, torch.Tensor], vectors
                   weights: list[float], method: str) -> None:
     """Write the merged weights into `model` in place (no new model, no disk)."""
     merged = merge_state(base, vectors, weights, method)
-    for name, tensor in model.state_dict().items():
-        tensor.copy_(merged[name])
+    for name, param in model.named_parameters():
+        param.copy_(merged[name])
 
 
 def search_weights(model: torch.nn.Module, base: dict[str, torch.Tensor],

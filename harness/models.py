@@ -53,6 +53,7 @@ def load_tokenizer(path: Path) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast.from_pretrained(path)
 
 
-def state_dict_fp32(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """A detached copy of the weights, one entry per parameter name."""
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+def copy_params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of the parameters. named_parameters() lists a tied tensor (embedding = LM head) once,
+    where state_dict() lists it under both names; merging both could write two different values into one."""
+    return {k: v.detach().clone() for k, v in model.named_parameters()}

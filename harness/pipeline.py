@@ -21,7 +21,7 @@ from harness import provenance
 from harness.cache import Entry, RunCache, spec_key
 from harness.data import GENERATORS, bbh_object_counting, generate_splits, generic_corpus
 from harness.evaluation import TASK_VERSION, chance_level, evaluate, write_tasks
-from harness.models import load_model, load_tokenizer, state_dict_fp32
+from harness.models import copy_params, load_model, load_tokenizer
 from harness.perplexity import perplexity
 from harness.report import rows, write_report
 from harness.tokens import encode, pack
@@ -96,11 +96,11 @@ def run_comparison(cfg: DictConfig, output_dir: Path) -> Path:
 
     # 6. DEM arm: distribution vectors Δᵢ = θᵢ − θ₀ (safetensors), then an Optuna search over merge weights.
     base_model = load_model(base.path)
-    base_state = state_dict_fp32(base_model)
+    base_state = copy_params(base_model)
 
     def build_vector(n: str) -> Entry:
         def write(folder: Path) -> dict[str, Any]:
-            save_vector(distribution_vector(base_state, load_model(single_runs[n].path).state_dict()),
+            save_vector(distribution_vector(base_state, copy_params(load_model(single_runs[n].path))),
                         folder / "vector.safetensors")
             return {"distribution": n}
 

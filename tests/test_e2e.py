@@ -1,0 +1,107 @@
+"""The whole pipeline through the real CLI on the micro presets: real Trainer, real lm-eval, real Optuna,
+wandb offline, safetensors on disk."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MICRO
+
+pytestmark = pytest.mark.slow
+MODEL_FIELDS = {"train_tokens", "train_flops", "train_wall_s", "search_forward_tokens", "val_ppl",
+                "val_ppl_by_dist", "scores", "selected"}
+DISTS = ("mathqa", "sni", "cot")
+
+
+def _run(out: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
+    args = [a for a in MICRO if not a.startswith("tracking")] + ["tracking=offline", "dem.n_trials=4", *extra]
+    env = {**os.environ, "WANDB_SILENT": "true"}
+    return subprocess.run([sys.executable, "-m", "harness", *args, f"output_dir={out}", f"cache_dir={cache}"],
+                          capture_output=True, text=True, timeout=600, env=env)
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    proc = _run(root / "out1", root / "cache")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root, proc
+
+
+def test_summary_has_the_contract_fields(first_run):
+    root, proc = first_run
+    out = root / "out1"
+    assert proc.stdout.strip().splitlines()[-1].endswith(str(out.resolve()))
+    summary = json.loads((out / "summary.json").read_text())
+    methods = summary["methods"]
+    assert set(methods) == {"base", "data_mixing", "dem", *(f"only_{d}" for d in DISTS)}
+    for name, m in methods.items():
+        assert MODEL_FIELDS <= set(m), name
+        assert set(m["val_ppl_by_dist"]) == set(DISTS)
+        assert m["val_ppl"] > 1
+        for task in ("mathqa_mc", "sni_mc", "cot_mc", "bbh_object_counting"):
+            assert 0 <= m["scores"][f"{task}/acc"] <= 1
+    dm, dem = methods["data_mixing"], methods["dem"]
+    assert len(dm["selected"]["grid"]) == 6 and dm["selected"]["weights"] in [g["weights"] for g in
+                                                                             dm["selected"]["grid"]]
+    assert dm["val_ppl"] == min(g["val_ppl"] for g in dm["selected"]["grid"])
+    assert dem["selected"]["n_trials"] == 4 and set(dem["selected"]["weights"]) == set(DISTS)
+    assert dem["search_forward_tokens"] > 0 and dm["search_forward_tokens"] > 0
+    # DEM trains 3 models, the grid 6: same per-run budget, so DEM's FLOPs are half of mixing's
+    assert dem["train_flops"] < dm["train_flops"]
+    assert summary["cost_ratio"] == pytest.approx(dem["train_flops"] / dm["train_flops"]) == pytest.approx(0.5)
+    assert dem["train_flops"] == sum(methods[f"only_{d}"]["train_flops"] for d in DISTS)
+    assert methods["base"]["train_flops"] == 0
+    prov = summary["provenance"]
+    assert prov["packages"]["torch"] and prov["packages"]["lm_eval"] and "git_commit" in prov
+    assert summary["config"]["seed"] == 0 and summary["config"]["budget"]["train_tokens"] == 8192
+
+
+def test_each_single_distribution_model_learns_its_distribution(first_run):
+    summary = json.loads((first_run[0] / "out1" / "summary.json").read_text())
+    base = summary["methods"]["base"]["val_ppl_by_dist"]
+    for d in DISTS:
+        own = summary["methods"][f"only_{d}"]["val_ppl_by_dist"][d]
+        assert own < 0.7 * base[d], (d, own, base[d])
+
+
+def test_report_files_are_written(first_run):
+    out = first_run[0] / "out1"
+    report = (out / "report.md").read_text()
+    for name in ("base", "only_mathqa", "only_sni", "only_cot", "data_mixing", "dem"):
+        assert f"| {name} |" in report
+    assert "cost_vs_mixing" in report and "val_ppl/mathqa" in report and "train_flops" in report
+    csv = (out / "results.csv").read_text().splitlines()
+    assert len(csv) == 7 and csv[0].startswith("model,val_ppl")
+    assert (out / "cost_quality.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "models" / "dem" / "model.safetensors").exists()
+    assert list((out / "wandb").glob("offline-run-*"))  # tracked offline, to `wandb sync` later
+    assert (out / ".hydra" / "config.yaml").exists()  # the resolved config of the run
+
+
+def test_rerun_reuses_every_finished_run(first_run):
+    root, _ = first_run
+    proc = _run(root / "out2", root / "cache")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert "cache miss" not in log
+    assert log.count("cache hit train/") >= 9  # 3 singles + 6 grid points (corners shared with singles)
+    one = json.loads((root / "out1" / "summary.json").read_text())["methods"]
+    two = json.loads((root / "out2" / "summary.json").read_text())["methods"]
+    assert one == two
+
+
+def test_report_command_rebuilds_from_summary(first_run, tmp_path):
+    out = first_run[0] / "out1"
+    (out / "report.md").unlink()
+    proc = subprocess.run([sys.executable, "-c", "from harness.report import main; main()", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "| dem |" in (out / "report.md").read_text()
+    bad = subprocess.run([sys.executable, "-c", "from harness.report import main; main()", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "cannot rebuild" in bad.stderr and "Traceback" not in bad.stderr
