@@ -53,6 +53,9 @@ def evaluate(model: Any, tokenizer: Any, task_dir: Path, tasks: list[str], limit
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
+    # Passing an in-memory model is deliberate; lm-eval warns about it on every call, and logs each task at INFO.
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    logging.getLogger("lm_eval.models.huggingface").setLevel(logging.ERROR)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device="cpu")
     manager = TaskManager(include_path=str(task_dir), include_defaults=False)
     out = simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit, log_samples=False,
