@@ -62,3 +62,16 @@ def test_registry_rejects_duplicates_and_names_the_choices():
         assert "available: dem" in str(err)
     else:
         raise AssertionError("unknown strategy was accepted")
+
+
+def test_merge_is_bit_exact_where_the_arithmetic_is_exact():
+    """With dyadic values and power-of-two weights every intermediate is representable in fp32, so any
+    correct implementation of θ₀ + Σ wᵢΔᵢ must match the formula bit for bit."""
+    g = torch.Generator().manual_seed(0)
+    theta0 = {"w": torch.randint(-512, 512, (64, 32), generator=g).float() / 1024}
+    deltas = [{"w": torch.randint(-64, 64, (64, 32), generator=g).float() / 1024} for _ in range(3)]
+    weights = [0.5, -0.25, 2.0]
+    merged = merge_state(theta0, deltas, weights, "dem")["w"]
+    expected = theta0["w"] + 0.5 * deltas[0]["w"] - 0.25 * deltas[1]["w"] + 2.0 * deltas[2]["w"]
+    assert torch.equal(merged, expected)
+    assert not torch.equal(merged, theta0["w"])
