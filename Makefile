@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 
-.PHONY: run test lint clean
+.PHONY: run test lint bench clean
 
 $(BIN)/dem-bench: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -14,10 +14,14 @@ $(BIN)/dem-bench: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@
 
+$(VENV)/.test-extra: $(BIN)/dem-bench
+	$(BIN)/pip install --quiet -e ".[dev,test]"
+	touch $@
+
 run: $(BIN)/dem-bench
 	$(BIN)/dem-bench $(ARGS)
 
-test: $(BIN)/dem-bench
+test: $(VENV)/.test-extra
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -16,7 +17,7 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("model", "data", "budget", "mixing", "dem", "eval", "tracking")
 DISTRIBUTIONS = ("mathqa", "sni", "cot")
 EVAL_TASKS = ("mathqa_mc", "sni_mc", "cot_mc", "bbh_object_counting")
-SAMPLERS = ("tpe", "random", "cmaes", "qmc", "gp")
+SAMPLERS = ("tpe", "random", "cmaes", "qmc", "gp", "grid")
 TRACKING_MODES = ("offline", "online", "disabled")
 
 
@@ -66,11 +67,16 @@ class MixingConfig:
 
 @dataclass
 class DemConfig:
-    merge: str = "dem"
+    merge: str = "dem"  # a strategy registered in dem/merge.py, dem/strategies/ or a dem.plugins file
+    params: dict[str, Any] | None = None  # the strategy's parameters, mergekit names; None = all defaults
+    search_params: list[str] = field(default_factory=list)  # numeric parameters Optuna searches too
+    plugins: list[str] = field(default_factory=list)  # extra strategy files to import
     n_trials: int = MISSING
     sampler: str = "tpe"
     weight_range: list[float] = field(default_factory=lambda: [0.0, 1.0])
-    storage: str | None = None  # Optuna storage URL; None = a journal file in cache_dir (resumable)
+    grid_points: int = 5  # values per searched axis when sampler=grid
+    prune_fraction: float = 0.0  # > 0: score this slice of the validation tokens first; the pruner may stop there
+    storage: str = "journal"  # journal (cache_dir, resumable) | memory | sqlite (output folder) | an RDB URL
 
 
 @dataclass
@@ -167,14 +173,16 @@ def validate(cfg: DictConfig) -> DictConfig:
     need(0 < step <= 1 and abs(1 / step - round(1 / step)) < 1e-9, "mixing.grid_step",
          "must divide 1 into a whole number of steps (e.g. 1, 0.5, 0.25, 0.2, 0.1)")
 
-    from dem.merge import MERGES  # local: keeps `dem-bench --help` free of the merge code's imports
-
-    need(c.dem.merge in MERGES, "dem.merge", f"allowed: {', '.join(sorted(MERGES))}")
+    problems += _check_strategy(c)
     need(c.dem.n_trials >= 1, "dem.n_trials", "must be >= 1")
     need(c.dem.sampler in SAMPLERS, "dem.sampler", f"allowed: {', '.join(SAMPLERS)}")
     need(len(c.dem.weight_range) == 2 and c.dem.weight_range[0] < c.dem.weight_range[1], "dem.weight_range",
          "must be [low, high] with low < high")
 
+    need(c.dem.grid_points >= 2, "dem.grid_points", "must be >= 2")
+    need(0 <= c.dem.prune_fraction < 1, "dem.prune_fraction", "must be in [0, 1)")
+    need(c.dem.storage in ("journal", "memory", "sqlite") or "://" in c.dem.storage, "dem.storage",
+         "allowed: journal, memory, sqlite, or an RDB URL such as postgresql://host/db")
     need(len(c.eval.tasks) > 0 and set(c.eval.tasks) <= set(EVAL_TASKS), "eval.tasks",
          f"a non-empty list from: {', '.join(EVAL_TASKS)}")
     need(c.eval.limit is None or c.eval.limit > 0, "eval.limit", "must be null or a positive integer")
@@ -184,3 +192,25 @@ def validate(cfg: DictConfig) -> DictConfig:
     if problems:
         raise ConfigError("; ".join(problems))
     return c
+
+
+def strategy_params(c: DictConfig) -> dict[str, Any]:
+    """dem.params as a plain dict (None in YAML means: every parameter at its default)."""
+    return OmegaConf.to_container(c.dem.params) if c.dem.params is not None else {}
+
+
+def _check_strategy(c: DictConfig) -> list[str]:
+    """The merge strategy exists, its parameters are declared, searched ones are numeric with a range."""
+    from dem.merge import MergeConfigError, get_strategy, load_strategy_file  # local: --help stays light
+
+    try:
+        for path in c.dem.plugins:
+            load_strategy_file(path)
+        strategy = get_strategy(c.dem.merge)
+        strategy.resolve(strategy_params(c), len(c.data.distributions))
+    except MergeConfigError as err:
+        return [f"dem.merge={c.dem.merge}: {err}"]
+    declared = {p.name: p for p in strategy.params}
+    searchable = sorted(n for n, p in declared.items() if p.search)
+    return [f"dem.search_params: '{name}' cannot be searched for merge '{strategy.name}'; searchable: "
+            f"{', '.join(searchable) or 'none'}" for name in c.dem.search_params if name not in searchable]

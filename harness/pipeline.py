@@ -7,6 +7,7 @@ lm-eval on every model → cost + quality → report.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -15,15 +16,17 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from baselines.grid import simplex_grid
-from dem.search import apply_weights, search_weights, storage_for
+from dem.merge import get_strategy, load_strategy_file
+from dem.search import MergeSession, search_weights, storage_for
 from dem.vectors import distribution_vector, load_vector, save_vector
 from harness import provenance
 from harness.cache import Entry, RunCache, spec_key
+from harness.config import strategy_params
 from harness.data import GENERATORS, bbh_object_counting, generate_splits, generic_corpus
 from harness.evaluation import TASK_VERSION, chance_level, evaluate, write_tasks
 from harness.models import copy_params, load_model, load_tokenizer
 from harness.perplexity import perplexity
-from harness.report import rows, write_report
+from harness.report import rows, write_atomic, write_report
 from harness.tokens import encode, pack
 from harness.tracking import Tracker
 from harness.training import finetune, pretrain
@@ -96,39 +99,50 @@ def run_comparison(cfg: DictConfig, output_dir: Path) -> Path:
 
     # 6. DEM arm: distribution vectors Δᵢ = θᵢ − θ₀ (safetensors), then an Optuna search over merge weights.
     base_model = load_model(base.path)
-    base_state = copy_params(base_model)
+    base_params = {k: p.detach() for k, p in base_model.named_parameters()}  # views: the search edits them later
 
     def build_vector(n: str) -> Entry:
         def write(folder: Path) -> dict[str, Any]:
-            save_vector(distribution_vector(base_state, copy_params(load_model(single_runs[n].path))),
-                        folder / "vector.safetensors")
-            return {"distribution": n}
+            delta = distribution_vector(base_params, copy_params(load_model(single_runs[n].path)))
+            return {"distribution": n, "sha256": save_vector(delta, folder / "vector.safetensors")}
 
         return cache.get_or_create("vector", {"base": base.record["key"], "run": single_runs[n].record["key"]},
                                    write, f"Δ {n}")
 
-    vectors = {n: load_vector(build_vector(n).path / "vector.safetensors") for n in names}
-    study_spec = {"vectors": {n: single_runs[n].record["key"] for n in names}, "merge": cfg.dem.merge,
-                  "sampler": cfg.dem.sampler, "weight_range": list(cfg.dem.weight_range), "seed": seed,
-                  "data": data_spec, "seq_len": cfg.budget.seq_len}
+    vector_entries = {n: build_vector(n) for n in names}
+    manifest = {n: {"path": str(e.path / "vector.safetensors"), "sha256": e.record["sha256"]}
+                for n, e in vector_entries.items()}
+    vectors = [load_vector(Path(m["path"]), m["sha256"]) for m in manifest.values()]
+    for path in cfg.dem.plugins:
+        load_strategy_file(path)
+    strategy = get_strategy(cfg.dem.merge)
+    fixed = strategy.resolve(strategy_params(cfg), len(names))
+    searched = {p.name: p.search for p in strategy.params if p.name in cfg.dem.search_params}
+    study_spec = {"vectors": {n: m["sha256"] for n, m in manifest.items()}, "merge": cfg.dem.merge,
+                  "params": fixed, "search_params": sorted(searched), "sampler": cfg.dem.sampler,
+                  "weight_range": list(cfg.dem.weight_range), "grid_points": cfg.dem.grid_points,
+                  "prune_fraction": cfg.dem.prune_fraction, "seed": seed, "data": data_spec,
+                  "seq_len": cfg.budget.seq_len}
     study = spec_key("study", study_spec)  # n_trials is not part of it: raising n_trials extends the study
+    session = MergeSession(base_model, vectors, strategy, fixed, seed)
 
     def run_search(folder: Path) -> dict[str, Any]:
         return search_weights(
-            base_model, base_state, vectors, val, method=cfg.dem.merge, n_trials=cfg.dem.n_trials,
-            sampler=cfg.dem.sampler, weight_range=list(cfg.dem.weight_range), seed=seed,
-            storage=storage_for(cfg.dem.storage, cache.root / "studies" / study), study_name=study,
+            session, names, fixed, val, n_trials=cfg.dem.n_trials, sampler=cfg.dem.sampler,
+            weight_range=list(cfg.dem.weight_range), searched=searched, seed=seed,
+            storage=storage_for(cfg.dem.storage, cache.root / "studies" / study, out), study_name=study,
+            grid_points=cfg.dem.grid_points, prune_fraction=cfg.dem.prune_fraction,
             on_trial=lambda i, w, p: tracker.log({"dem/trial": i, "dem/val_ppl": p,
                                                   **{f"dem/w_{k}": v for k, v in w.items()}}))
 
     search = cache.get_or_create("search", {**study_spec, "n_trials": cfg.dem.n_trials}, run_search, "DEM search")
     dem_weights = search.record["weights"]
-    if search.hit:  # the search leaves the best merge in base_model; a cache hit has to rebuild it
-        apply_weights(base_model, base_state, [vectors[n] for n in names], [dem_weights[n] for n in names],
-                      cfg.dem.merge)
+    if search.hit:  # the search leaves the best merge in the model; a cache hit has to build it
+        session.set([dem_weights[n] for n in names], search.record["params"])
     dem_model = base_model
     dem_model.save_pretrained(out / "models" / "dem")
     tok.save_pretrained(out / "models" / "dem")
+    write_atomic(out / "models" / "dem" / "vectors.json", json.dumps(manifest, indent=2))
 
     # 7. Evaluate with lm-eval: the base, each single-distribution model, the best mixture and DEM.
     test_sets = {f"{n}_mc": splits[n].test for n in names if f"{n}_mc" in cfg.eval.tasks}
@@ -176,8 +190,9 @@ def run_comparison(cfg: DictConfig, output_dir: Path) -> Path:
     methods["dem"] = method(
         [r.record for r in single_runs.values()], search.record["key"], lambda: dem_model, "dem",
         search.record["search_forward_tokens"], measure(search.record["key"], lambda: dem_model),
-        {"weights": dem_weights, "merge": cfg.dem.merge, "sampler": cfg.dem.sampler,
-         "n_trials": search.record["n_trials"]})
+        {"weights": dem_weights, "merge": cfg.dem.merge, "params": search.record["params"],
+         "sampler": cfg.dem.sampler, "n_trials": search.record["n_trials"], "n_pruned": search.record["n_pruned"],
+         "vectors": manifest})
 
     # 8. Record cost + quality; write the report (summary.json last, marking it complete).
     summary = {

@@ -57,7 +57,9 @@ BAD_INPUT = [
     (["budget.train_tokens=-100"], "budget.train_tokens=-100: must be a positive integer"),
     (["mixing.grid_step=0.3"], "mixing.grid_step=0.3: must divide 1 into a whole number of steps"),
     (["dem.n_trials=0"], "dem.n_trials=0: must be >= 1"),
-    (["dem.merge=tiess"], "dem.merge=tiess: allowed: dem"),
+    (["dem.merge=tiess"], "dem.merge=tiess: unknown merge strategy 'tiess'. Did you mean 'ties'?"),
+    (["dem.merge=ties", "dem.params={densty:0.5}"], "merge 'ties' has no parameter 'densty'; it takes: lambda"),
+    (["dem.search_params=[normalize]"], "dem.search_params: 'normalize' cannot be searched for merge 'dem'"),
     (["+budget.epochs=3"], "budget.epochs: Key 'epochs' not in 'BudgetConfig'"),
     (["tracking.mode=cloud"], "tracking.mode=cloud: allowed: offline, online, disabled"),
 ]
