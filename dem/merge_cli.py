@@ -1,0 +1,208 @@
+"""`dem-bench-merge`: merge saved checkpoints with a registered strategy, mergekit-style.
+
+    dem-bench-merge --base BASE --model math=DIR --model sni=DIR --method ties \\
+        --weight math=0.6 --param density=0.5 --out MERGED [--export-mergekit merge.yaml]
+
+The output loads with plain `transformers` `from_pretrained`. Every input is checked before any merging;
+bad input ends with exit code 2 and one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from dem.merge import MergeConfigError, Strategy, get_strategy, load_strategy_file, tensor_generator
+
+
+class MergeInputError(ValueError):
+    """Bad command-line input; printed as one line, exit code 2."""
+
+
+def _pairs(items: list[str], flag: str) -> list[tuple[str, str]]:
+    out = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise MergeInputError(f"{flag} {item!r}: expected NAME=VALUE")
+        out.append((key, value))
+    return out
+
+
+def _number(text: str, flag: str) -> float | bool:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        return float(text)
+    except ValueError:
+        raise MergeInputError(f"{flag}: {text!r} is not a number or true/false") from None
+
+
+def load_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """config.json and every *.safetensors tensor of a saved model (safetensors only: no pickle, no remote code)."""
+    if not folder.is_dir():
+        raise MergeInputError(f"{folder}: no such directory")
+    config_file, files = folder / "config.json", sorted(folder.glob("*.safetensors"))
+    if not config_file.exists() or not files:
+        raise MergeInputError(f"{folder}: not a saved model (needs config.json and *.safetensors)")
+    tensors: dict[str, torch.Tensor] = {}
+    for f in files:
+        tensors |= load_file(str(f))
+    return json.loads(config_file.read_text()), tensors
+
+
+ARCH_KEYS = ("architectures", "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
+             "num_key_value_heads", "intermediate_size", "vocab_size", "tie_word_embeddings")
+
+
+def check_compatible(base: tuple[dict, dict], models: dict[str, tuple[dict, dict]]) -> None:
+    """Same architecture, same tensor names and shapes, and only finite numbers — or a one-line error."""
+    for name, (_, tensors) in {"base": base, **models}.items():
+        for key, t in tensors.items():
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                raise MergeInputError(f"{name}: tensor '{key}' contains NaN or Inf")
+    base_cfg, base_t = base
+    for name, (cfg, tensors) in models.items():
+        for key in ARCH_KEYS:
+            if cfg.get(key) != base_cfg.get(key):
+                raise MergeInputError(f"{name}: architecture mismatch with base: {key} = {cfg.get(key)!r} "
+                                      f"vs {base_cfg.get(key)!r}")
+        if tensors.keys() != base_t.keys():
+            missing = sorted(base_t.keys() ^ tensors.keys())[:3]
+            raise MergeInputError(f"{name}: tensor names differ from base (e.g. {', '.join(missing)})")
+        for key, t in tensors.items():
+            if t.shape != base_t[key].shape:
+                raise MergeInputError(f"{name}: shape mismatch for '{key}': {tuple(t.shape)} vs base "
+                                      f"{tuple(base_t[key].shape)}")
+
+
+def merge_checkpoints(base: dict[str, torch.Tensor], models: dict[str, dict[str, torch.Tensor]],
+                      strategy: Strategy, weights: list[float], params: dict[str, Any],
+                      seed: int) -> dict[str, torch.Tensor]:
+    """Merge tensor by tensor in fp32; non-float tensors are copied from the base."""
+    out = {}
+    for key, b in base.items():
+        if not b.is_floating_point():
+            out[key] = b
+            continue
+        base32 = b.float()
+        deltas = [m[key].float() - base32 for m in models.values()]
+        out[key] = strategy.merge(base32, deltas, weights, params, tensor_generator(seed, key)).to(b.dtype)
+    return out
+
+
+def mergekit_yaml(strategy: Strategy, base_dir: Path, model_dirs: dict[str, Path], weights: list[float],
+                  params: dict[str, Any]) -> str:
+    """The same merge as a mergekit configuration (`mergekit-yaml FILE OUT` reproduces it)."""
+    if not strategy.mergekit:
+        raise MergeInputError(f"--export-mergekit: merge '{strategy.name}' has no mergekit equivalent")
+    declared = {p.name: p for p in strategy.params}
+    shared = {k: v for k, v in params.items() if not declared[k].per_model}
+    if strategy.name == "dem":  # θ₀ + Σ wᵢΔᵢ is mergekit's task_arithmetic at λ = 1, unnormalised
+        shared = {"lambda": 1.0, "normalize": False}
+    models = []
+    for i, folder in enumerate(model_dirs.values()):
+        per = {"weight": weights[i]} | {k: v[i] for k, v in params.items() if declared[k].per_model}
+        models.append({"model": str(folder.resolve()), "parameters": per})
+    config: dict[str, Any] = {"merge_method": strategy.mergekit}
+    if strategy.name != "linear":  # linear averages whole models; mergekit takes no base for it
+        config["base_model"] = str(base_dir.resolve())
+    config |= {"models": models, "parameters": shared, "dtype": "float32"}
+    header = f"# dem-bench-merge --method {strategy.name}, as mergekit 0.1.5 config: mergekit-yaml THIS_FILE OUT_DIR\n"
+    return header + yaml.safe_dump(config, sort_keys=False)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="dem-bench-merge", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Strategies: dem (default), linear, task_arithmetic, ties, dare_linear, "
+                                       "dare_ties, breadcrumbs, della, plus any in dem/strategies/ or --plugin.")
+    p.add_argument("--base", type=Path, required=True, help="the base model θ₀ (a saved model folder)")
+    p.add_argument("--model", action="append", default=[], metavar="NAME=DIR", required=True,
+                   help="a fine-tuned model θᵢ; repeat for each")
+    p.add_argument("--method", default="dem", help="merge strategy (default: dem, θ₀ + Σ wᵢΔᵢ)")
+    p.add_argument("--weight", action="append", default=[], metavar="NAME=W",
+                   help="weight of model NAME (default 1.0)")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=V",
+                   help="strategy parameter, mergekit names (density=0.5); KEY.NAME=V for one model")
+    p.add_argument("--seed", type=int, default=0, help="seed of random drops (dare_*, della)")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE", help="a file of extra strategies")
+    p.add_argument("--out", type=Path, required=True, help="output folder (written atomically)")
+    p.add_argument("--export-mergekit", type=Path, metavar="FILE", help="also write the equivalent mergekit YAML")
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> Path:
+    for path in args.plugin:
+        load_strategy_file(path)
+    strategy = get_strategy(args.method)
+    model_dirs = dict(_pairs(args.model, "--model"))
+    if len(model_dirs) != len(args.model):
+        raise MergeInputError("--model: each NAME must be given once")
+    model_dirs = {k: Path(v) for k, v in model_dirs.items()}
+    weights = dict.fromkeys(model_dirs, 1.0)
+    for name, value in _pairs(args.weight, "--weight"):
+        if name not in weights:
+            raise MergeInputError(f"--weight {name}: no --model named {name!r}")
+        weights[name] = float(_number(value, "--weight"))
+    declared = {p.name: p for p in strategy.params}
+    given: dict[str, Any] = {}
+    for key, value in _pairs(args.param, "--param"):
+        pname, _, model = key.partition(".")
+        if pname not in declared:
+            raise MergeConfigError(f"merge '{strategy.name}' has no parameter '{pname}'; it takes: "
+                                   f"{', '.join(declared) or 'none'}")
+        if model:
+            if not declared[pname].per_model or model not in model_dirs:
+                raise MergeInputError(f"--param {key}: '{pname}' is not per-model or no --model named {model!r}")
+            current = given.get(pname, declared[pname].default)
+            values = current if isinstance(current, list) else [current] * len(model_dirs)
+            values[list(model_dirs).index(model)] = _number(value, "--param")
+            given[pname] = values
+        else:
+            given[pname] = _number(value, "--param")
+    params = strategy.resolve(given, len(model_dirs))
+
+    base = load_checkpoint(args.base)
+    models = {name: load_checkpoint(folder) for name, folder in model_dirs.items()}
+    check_compatible(base, models)
+    merged = merge_checkpoints(base[1], {k: v[1] for k, v in models.items()}, strategy, list(weights.values()),
+                               params, args.seed)
+
+    out = args.out.resolve()
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(args.base, tmp, ignore=shutil.ignore_patterns("*.safetensors", "*.safetensors.index.json"))
+    save_file(merged, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    (tmp / "dem_bench_merge.json").write_text(json.dumps(
+        {"method": strategy.name, "base": str(args.base.resolve()), "weights": weights, "params": params,
+         "seed": args.seed, "models": {k: str(v.resolve()) for k, v in model_dirs.items()}}, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    if args.export_mergekit:
+        args.export_mergekit.write_text(mergekit_yaml(strategy, args.base, model_dirs, list(weights.values()),
+                                                      params))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        out = run(args)
+    except (MergeInputError, MergeConfigError) as err:
+        print(f"dem-bench-merge: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(f"dem-bench-merge: merged {len(args.model)} models with '{args.method}' into {out}")
+
+
+if __name__ == "__main__":
+    main()
