@@ -15,8 +15,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("model", "data", "budget", "mixing", "dem", "eval", "tracking")
-DISTRIBUTIONS = ("mathqa", "sni", "cot")
-EVAL_TASKS = ("mathqa_mc", "sni_mc", "cot_mc", "bbh_object_counting")
+DISTRIBUTIONS = ("mathqa", "sni", "cot", "drop")
+EVAL_TASKS = ("mathqa_mc", "sni_mc", "cot_mc", "drop_mc", "bbh_object_counting")
 SAMPLERS = ("tpe", "random", "cmaes", "qmc", "gp", "grid")
 TRACKING_MODES = ("offline", "online", "disabled")
 

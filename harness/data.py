@@ -171,10 +171,40 @@ def cot_example(rng: random.Random) -> Example:
     return Example(prompt, f" {head}{tail}", f"{prompt} {head}", tuple(choices), choices.index(answer))
 
 
+TEAMS = ["lions", "bears", "eagles", "sharks", "wolves", "hawks", "tigers", "rams"]
+
+
+def drop_example(rng: random.Random) -> Example:
+    """DROP format: a passage with numbers, a question needing counting, adding or comparing -> the answer."""
+    a, b = rng.sample(TEAMS, 2)
+    x, y, z = rng.randint(3, 14), rng.randint(3, 14), rng.randint(3, 14)
+    while x == y:
+        y = rng.randint(3, 14)
+    passage = (f"the {a} scored {x} points in the first quarter . the {b} answered with {y} points . "
+               f"in the second quarter the {a} added {z} points and the {b} did not score .")
+    kind = rng.randrange(3)
+    if kind == 0:
+        question, answer = f"how many points did the {a} score in total ?", x + z
+    elif kind == 1:
+        question, answer = f"how many points did the {a} and the {b} score in the first quarter ?", x + y
+    else:
+        question = "which team scored more points in the first quarter ?"
+        answer = a if x > y else b
+    if isinstance(answer, int):
+        choices = [str(answer), *map(str, _distractors(rng, answer, 3))]
+        answer = str(answer)
+    else:
+        choices = [a, b]
+    rng.shuffle(choices)
+    prompt = f"Passage: {passage}\nQuestion: {question}\nAnswer:"
+    return Example(prompt, f" {answer}", prompt, tuple(choices), choices.index(answer))
+
+
 GENERATORS: dict[str, Callable[[random.Random], Example]] = {
     "mathqa": mathqa_example,
     "sni": sni_example,
     "cot": cot_example,
+    "drop": drop_example,
 }
 
 

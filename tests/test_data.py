@@ -86,5 +86,22 @@ def test_generic_corpus_is_deterministic():
 
 
 def test_unknown_distribution_names_the_choices():
-    with pytest.raises(KeyError, match="available: cot, mathqa, sni"):
-        generate_splits("drop", 0, 1, 1, 1)
+    with pytest.raises(KeyError, match="available: cot, drop, mathqa, sni"):
+        generate_splits("gsm8k", 0, 1, 1, 1)
+
+
+def test_drop_answers_follow_from_the_passage():
+    for ex in generate_splits("drop", 0, 200, 1, 1).train:
+        m = re.fullmatch(r"Passage: the (\w+) scored (\d+) points in the first quarter \. the (\w+) answered with "
+                         r"(\d+) points \. in the second quarter the \1 added (\d+) points and the \3 did not score "
+                         r"\.\nQuestion: (.+)\nAnswer:", ex.prompt)
+        assert m, ex.prompt
+        a, x, b, y, z, question = m[1], int(m[2]), m[3], int(m[4]), int(m[5]), m[6]
+        answer = ex.mc_choices[ex.mc_target]
+        assert ex.response == f" {answer}"
+        if "in total" in question:
+            assert answer == str(x + z)
+        elif "score in the first quarter" in question:
+            assert answer == str(x + y)
+        else:
+            assert answer == (a if x > y else b)

@@ -43,7 +43,7 @@ def test_summary_has_the_contract_fields(first_run):
         assert MODEL_FIELDS <= set(m), name
         assert set(m["val_ppl_by_dist"]) == set(DISTS)
         assert m["val_ppl"] > 1
-        for task in ("mathqa_mc", "sni_mc", "cot_mc", "bbh_object_counting"):
+        for task in ("mathqa_mc", "sni_mc", "cot_mc", "drop_mc", "bbh_object_counting"):
             assert 0 <= m["scores"][f"{task}/acc"] <= 1
     dm, dem = methods["data_mixing"], methods["dem"]
     assert len(dm["selected"]["grid"]) == 6 and dm["selected"]["weights"] in [g["weights"] for g in
@@ -105,3 +105,22 @@ def test_report_command_rebuilds_from_summary(first_run, tmp_path):
     bad = subprocess.run([sys.executable, "-c", "from harness.report import main; main()", str(tmp_path)],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "cannot rebuild" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_adding_a_distribution_trains_only_that_model_and_reruns_the_search(tmp_path):
+    """The DEM promise: a new distribution costs one fine-tune (grid_step=1 keeps the mixing arm to the corners,
+    which are the same runs, so any other training would show up here)."""
+    cache = tmp_path / "cache"
+    three = _run(tmp_path / "three", cache, "mixing.grid_step=1", "tracking=disabled")
+    assert three.returncode == 0, three.stderr[-3000:]
+    four = _run(tmp_path / "four", cache, "mixing.grid_step=1", "tracking=disabled",
+                "data.distributions=[mathqa,sni,cot,drop]")
+    assert four.returncode == 0, four.stderr[-3000:]
+    log = four.stdout + four.stderr
+    trained = [line for line in log.splitlines() if "cache miss train/" in line]
+    assert len(trained) == 1 and "(drop=1.00)" in trained[0], trained
+    for d in DISTS:
+        assert f"({d}=1.00): reusing finished result" in log
+    assert "cache hit base/" in log and "cache miss search/" in log
+    summary = json.loads((tmp_path / "four" / "summary.json").read_text())
+    assert set(summary["methods"]["dem"]["selected"]["weights"]) == {*DISTS, "drop"}
