@@ -66,10 +66,18 @@ class MixingConfig:
 
 
 @dataclass
+class MergeSpec:
+    merge: str = MISSING  # a strategy registered in dem/merge.py, dem/strategies/ or a dem.plugins file
+    params: dict[str, Any] | None = None  # the strategy's parameters, mergekit names; None = all defaults
+    search_params: list[str] = field(default_factory=list)  # numeric parameters Optuna searches too
+
+
+@dataclass
 class DemConfig:
     merge: str = "dem"  # a strategy registered in dem/merge.py, dem/strategies/ or a dem.plugins file
     params: dict[str, Any] | None = None  # the strategy's parameters, mergekit names; None = all defaults
     search_params: list[str] = field(default_factory=list)  # numeric parameters Optuna searches too
+    compare: list[MergeSpec] = field(default_factory=list)  # more strategies, each a row `dem_<merge>`
     plugins: list[str] = field(default_factory=list)  # extra strategy files to import
     n_trials: int = MISSING
     sampler: str = "tpe"
@@ -194,23 +202,33 @@ def validate(cfg: DictConfig) -> DictConfig:
     return c
 
 
-def strategy_params(c: DictConfig) -> dict[str, Any]:
-    """dem.params as a plain dict (None in YAML means: every parameter at its default)."""
-    return OmegaConf.to_container(c.dem.params) if c.dem.params is not None else {}
+def strategy_params(spec: DictConfig) -> dict[str, Any]:
+    """A merge's `params` as a plain dict (None in YAML means: every parameter at its default)."""
+    return OmegaConf.to_container(spec.params) if spec.params is not None else {}
 
 
 def _check_strategy(c: DictConfig) -> list[str]:
-    """The merge strategy exists, its parameters are declared, searched ones are numeric with a range."""
+    """Each merge strategy exists, its parameters are declared, searched ones are numeric with a range."""
     from dem.merge import MergeConfigError, get_strategy, load_strategy_file  # local: --help stays light
 
     try:
         for path in c.dem.plugins:
             load_strategy_file(path)
-        strategy = get_strategy(c.dem.merge)
-        strategy.resolve(strategy_params(c), len(c.data.distributions))
     except MergeConfigError as err:
-        return [f"dem.merge={c.dem.merge}: {err}"]
-    declared = {p.name: p for p in strategy.params}
-    searchable = sorted(n for n, p in declared.items() if p.search)
-    return [f"dem.search_params: '{name}' cannot be searched for merge '{strategy.name}'; searchable: "
-            f"{', '.join(searchable) or 'none'}" for name in c.dem.search_params if name not in searchable]
+        return [str(err)]
+    problems = []
+    specs = [("dem", c.dem)] + [(f"dem.compare[{i}]", s) for i, s in enumerate(c.dem.compare)]
+    labels = [s.merge for _, s in specs[1:]]
+    if len(set(labels)) != len(labels):
+        problems.append("dem.compare: each strategy at most once (rows are named dem_<merge>)")
+    for key, spec in specs:
+        try:
+            strategy = get_strategy(spec.merge)
+            strategy.resolve(strategy_params(spec), len(c.data.distributions))
+        except MergeConfigError as err:
+            problems.append(f"{key}.merge={spec.merge}: {err}")
+            continue
+        searchable = sorted(p.name for p in strategy.params if p.search)
+        problems += [f"{key}.search_params: '{name}' cannot be searched for merge '{strategy.name}'; searchable: "
+                     f"{', '.join(searchable) or 'none'}" for name in spec.search_params if name not in searchable]
+    return problems

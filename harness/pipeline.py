@@ -112,37 +112,46 @@ def run_comparison(cfg: DictConfig, output_dir: Path) -> Path:
     vector_entries = {n: build_vector(n) for n in names}
     manifest = {n: {"path": str(e.path / "vector.safetensors"), "sha256": e.record["sha256"]}
                 for n, e in vector_entries.items()}
-    vectors = [load_vector(Path(m["path"]), m["sha256"]) for m in manifest.values()]
     for path in cfg.dem.plugins:
         load_strategy_file(path)
-    strategy = get_strategy(cfg.dem.merge)
-    fixed = strategy.resolve(strategy_params(cfg), len(names))
-    searched = {p.name: p.search for p in strategy.params if p.name in cfg.dem.search_params}
-    study_spec = {"vectors": {n: m["sha256"] for n, m in manifest.items()}, "merge": cfg.dem.merge,
-                  "params": fixed, "search_params": sorted(searched), "sampler": cfg.dem.sampler,
-                  "weight_range": list(cfg.dem.weight_range), "grid_points": cfg.dem.grid_points,
-                  "prune_fraction": cfg.dem.prune_fraction, "seed": seed, "data": data_spec,
-                  "seq_len": cfg.budget.seq_len}
-    study = spec_key("study", study_spec)  # n_trials is not part of it: raising n_trials extends the study
-    session = MergeSession(base_model, vectors, strategy, fixed, seed)
 
-    def run_search(folder: Path) -> dict[str, Any]:
-        return search_weights(
-            session, names, fixed, val, n_trials=cfg.dem.n_trials, sampler=cfg.dem.sampler,
-            weight_range=list(cfg.dem.weight_range), searched=searched, seed=seed,
-            storage=storage_for(cfg.dem.storage, cache.root / "studies" / study, out), study_name=study,
-            grid_points=cfg.dem.grid_points, prune_fraction=cfg.dem.prune_fraction,
-            on_trial=lambda i, w, p: tracker.log({"dem/trial": i, "dem/val_ppl": p,
-                                                  **{f"dem/w_{k}": v for k, v in w.items()}}))
+    def merge_arm(label: str, merge: str, given: dict[str, Any], search_params: list[str]) -> tuple[Any, Entry]:
+        """Search one strategy's weights (and named parameters); return the merged model and the search entry."""
+        model = base_model if label == "dem" else load_model(base.path)
+        vectors = [load_vector(Path(m["path"]), m["sha256"]) for m in manifest.values()]  # hash-checked
+        strategy = get_strategy(merge)
+        fixed = strategy.resolve(given, len(names))
+        searched = {p.name: p.search for p in strategy.params if p.name in search_params}
+        study_spec = {"vectors": {n: m["sha256"] for n, m in manifest.items()}, "merge": merge, "params": fixed,
+                      "search_params": sorted(searched), "sampler": cfg.dem.sampler,
+                      "weight_range": list(cfg.dem.weight_range), "grid_points": cfg.dem.grid_points,
+                      "prune_fraction": cfg.dem.prune_fraction, "seed": seed, "data": data_spec,
+                      "seq_len": cfg.budget.seq_len}
+        study = spec_key("study", study_spec)  # n_trials is not part of it: raising n_trials extends the study
+        session = MergeSession(model, vectors, strategy, fixed, seed)
 
-    search = cache.get_or_create("search", {**study_spec, "n_trials": cfg.dem.n_trials}, run_search, "DEM search")
-    dem_weights = search.record["weights"]
-    if search.hit:  # the search leaves the best merge in the model; a cache hit has to build it
-        session.set([dem_weights[n] for n in names], search.record["params"])
-    dem_model = base_model
-    dem_model.save_pretrained(out / "models" / "dem")
-    tok.save_pretrained(out / "models" / "dem")
-    write_atomic(out / "models" / "dem" / "vectors.json", json.dumps(manifest, indent=2))
+        def run_search(folder: Path) -> dict[str, Any]:
+            return search_weights(
+                session, names, fixed, val, n_trials=cfg.dem.n_trials, sampler=cfg.dem.sampler,
+                weight_range=list(cfg.dem.weight_range), searched=searched, seed=seed,
+                storage=storage_for(cfg.dem.storage, cache.root / "studies" / study, out), study_name=study,
+                grid_points=cfg.dem.grid_points, prune_fraction=cfg.dem.prune_fraction,
+                on_trial=lambda i, w, p: tracker.log({f"{label}/trial": i, f"{label}/val_ppl": p,
+                                                      **{f"{label}/w_{k}": v for k, v in w.items()}}))
+
+        search = cache.get_or_create("search", {**study_spec, "n_trials": cfg.dem.n_trials}, run_search,
+                                     f"{label} search")
+        if search.hit:  # the search leaves the best merge in the model; a cache hit has to build it
+            session.set([search.record["weights"][n] for n in names], search.record["params"])
+        model.save_pretrained(out / "models" / label)
+        tok.save_pretrained(out / "models" / label)
+        write_atomic(out / "models" / label / "vectors.json", json.dumps(manifest, indent=2))
+        return model, search
+
+    merges = {"dem": merge_arm("dem", cfg.dem.merge, strategy_params(cfg.dem), list(cfg.dem.search_params))}
+    for spec in cfg.dem.compare:  # more strategies, reported beside the paper's merge and the baselines
+        merges[f"dem_{spec.merge}"] = merge_arm(f"dem_{spec.merge}", spec.merge, strategy_params(spec),
+                                                list(spec.search_params))
 
     # 7. Evaluate with lm-eval: the base, each single-distribution model, the best mixture and DEM.
     #    A distribution's task is scored even when it is not trained on (as the paper scores DROP).
@@ -193,12 +202,13 @@ def run_comparison(cfg: DictConfig, output_dir: Path) -> Path:
         sum(p["forward_tokens"] for p in grid_ppl), grid_ppl[best],
         {"weights": grid[best], "grid": [{"weights": g, "val_ppl": p["val_ppl"]} for g, p in zip(grid, grid_ppl,
                                                                                                   strict=True)]})
-    methods["dem"] = method(
-        [r.record for r in single_runs.values()], search.record["key"], lambda: dem_model, "dem",
-        search.record["search_forward_tokens"], measure(search.record["key"], lambda: dem_model),
-        {"weights": dem_weights, "merge": cfg.dem.merge, "params": search.record["params"],
-         "sampler": cfg.dem.sampler, "n_trials": search.record["n_trials"], "n_pruned": search.record["n_pruned"],
-         "vectors": manifest})
+    for label, (model, search) in merges.items():
+        r = search.record
+        methods[label] = method(
+            [run.record for run in single_runs.values()], r["key"], lambda model=model: model, label,
+            r["search_forward_tokens"], measure(r["key"], lambda model=model: model),
+            {"weights": r["weights"], "merge": r["spec"]["merge"], "params": r["params"], "sampler": cfg.dem.sampler,
+             "n_trials": r["n_trials"], "n_pruned": r["n_pruned"], "vectors": manifest})
 
     # 8. Record cost + quality; write the report (summary.json last, marking it complete).
     summary = {

@@ -124,3 +124,33 @@ def test_adding_a_distribution_trains_only_that_model_and_reruns_the_search(tmp_
     assert "cache hit base/" in log and "cache miss search/" in log
     summary = json.loads((tmp_path / "four" / "summary.json").read_text())
     assert set(summary["methods"]["dem"]["selected"]["weights"]) == {*DISTS, "drop"}
+
+
+PLUGIN = '''from dem.merge import Param, register
+
+
+@register("half_sum", params=[Param("alpha", default=0.5, search=(0.0, 1.0))])
+def half_sum(base, deltas, weights, params):
+    """θ₀ + α Σ wᵢΔᵢ: DEM with a damped sum."""
+    return base + params["alpha"] * sum(w * d for w, d in zip(weights, deltas))
+'''
+
+
+def test_a_new_strategy_named_in_config_is_reported_beside_the_baselines(first_run, tmp_path):
+    """One function in one file + two config keys: the strategy is searched, scored and reported."""
+    root, _ = first_run
+    plugin = tmp_path / "half_sum.py"
+    plugin.write_text(PLUGIN)
+    proc = _run(root / "out3", root / "cache", f"dem.plugins=['{plugin}']",
+                "dem.compare=[{merge: half_sum, search_params: [alpha]}, {merge: ties, params: {density: 0.5}}]")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "cache miss train/" not in proc.stdout + proc.stderr  # no training: only searches and evaluations
+    summary = json.loads((root / "out3" / "summary.json").read_text())
+    for label, merge in (("dem_half_sum", "half_sum"), ("dem_ties", "ties")):
+        m = summary["methods"][label]
+        assert MODEL_FIELDS <= set(m) and m["selected"]["merge"] == merge
+        assert m["train_flops"] == summary["methods"]["dem"]["train_flops"]  # same vectors, same cost
+    assert 0 <= summary["methods"]["dem_half_sum"]["selected"]["params"]["alpha"] <= 1
+    assert summary["methods"]["dem_ties"]["selected"]["params"]["density"] == [0.5, 0.5, 0.5]
+    report = (root / "out3" / "report.md").read_text()
+    assert "| dem_half_sum |" in report and "| dem_ties |" in report and "| data_mixing |" in report
