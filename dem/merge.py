@@ -312,14 +312,20 @@ def dem_merge(base: Tensor, deltas: Sequence[Tensor], weights: Sequence[float], 
 
 
 def _linear_coefficients(weights: Sequence[float], params: Params) -> list[float] | None:
+    if not params["normalize"]:
+        return None  # Σ wᵢθᵢ scales θ₀ by Σ wᵢ: not θ₀ + Σ cᵢΔᵢ
     total = sum(weights)
-    return [w / total for w in weights] if params["normalize"] and total != 0 else None
+    return [w / total for w in weights] if total != 0 else [0.0] * len(weights)
 
 
 @register("linear", params=[_flag("normalize", True, "divide by the sum of weights")],
           coefficients=_linear_coefficients, reference="https://arxiv.org/abs/2203.05482", mergekit="linear")
 def linear_merge(base: Tensor, deltas: Sequence[Tensor], weights: Sequence[float], params: Params) -> Tensor:
-    """Model soup: Σ wᵢθᵢ [÷ Σ wᵢ] over the fine-tuned models θᵢ = θ₀ + Δᵢ (the base itself gets no weight)."""
+    """Model soup: Σ wᵢθᵢ [÷ Σ wᵢ] over the fine-tuned models θᵢ = θ₀ + Δᵢ (the base itself gets no weight).
+
+    Normalised weights that sum to 0 give the base (mergekit divides by zero there)."""
+    if params["normalize"] and sum(weights) == 0:
+        return base.clone()
     out = torch.zeros_like(base)
     for delta, w in zip(deltas, weights, strict=True):
         out.add_(base + delta, alpha=w)

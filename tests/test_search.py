@@ -108,3 +108,10 @@ def test_drift_guard_200_incremental_trials_stay_on_the_fresh_merge(base_model):
     live = dict(base_model.named_parameters())
     worst = max(((live[k].detach() - fresh[k]).norm() / fresh[k].norm()).item() for k in fresh)
     assert worst < 1e-5, worst
+
+
+def test_grid_search_over_a_normalised_soup_survives_all_zero_weights(base_model, tokenizer, tmp_path):
+    _, _, val, session, fixed = _setup(base_model, tokenizer, "linear")
+    result = _search(session, fixed, val, tmp_path, n_trials=4, sampler="grid", grid_points=2,
+                     storage=storage_for("memory", tmp_path, tmp_path))
+    assert result["n_trials"] == 4 and math.isfinite(result["val_ppl"])
