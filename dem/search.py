@@ -110,10 +110,13 @@ def search_weights(session: MergeSession, names: list[str], fixed: Params,
     pruned, and the forward tokens all trials used. Leaves the session's model holding the best merge.
     """
     low, high = weight_range
-    heads = {n: max(1, math.ceil(len(x) * prune_fraction)) for n, (x, _) in val.items()} if prune_fraction else {}
+    heads = {n: max(1, math.ceil(len(x) * prune_fraction)) for n, (x, _) in val.items()}
+    cuts = ([{n: (0, heads[n]) for n in val}, {n: (heads[n], len(val[n][0])) for n in val}] if prune_fraction
+            else [{n: (0, len(val[n][0])) for n in val}])
     space = {f"w_{n}": [low + (high - low) * i / (grid_points - 1) for i in range(grid_points)] for n in names}
     space |= {f"p_{k}": [a + (b - a) * i / (grid_points - 1) for i in range(grid_points)]
               for k, (a, b) in searched.items()}
+
     def params_of(values: dict[str, float]) -> Params:
         p = dict(fixed)
         for key in searched:
@@ -126,18 +129,16 @@ def search_weights(session: MergeSession, names: list[str], fixed: Params,
         values = {f"p_{k}": trial.suggest_float(f"p_{k}", a, b) for k, (a, b) in searched.items()}
         session.set(w, params_of(values))
         total, count, tokens = 0.0, 0, 0
-        if heads:  # the first slice of every validation set, then a chance to prune
+        for part in range(len(cuts)):  # [first slice, rest] when pruning, else [everything]
             for n, (x, y) in val.items():
-                s, c = nll(session.model, x[: heads[n]], y[: heads[n]])
-                total, count, tokens = total + s, count + c, tokens + int(x[: heads[n]].numel())
+                a, b = cuts[part][n]
+                s, c = nll(session.model, x[a:b], y[a:b])
+                total, count, tokens = total + s, count + c, tokens + int(x[a:b].numel())
             trial.set_user_attr("forward_tokens", tokens)
-            trial.report(math.exp(total / count), step=0)
-            if trial.should_prune():
-                raise optuna.TrialPruned()
-        for n, (x, y) in val.items():
-            s, c = nll(session.model, x[heads.get(n, 0):], y[heads.get(n, 0):])
-            total, count, tokens = total + s, count + c, tokens + int(x[heads.get(n, 0):].numel())
-        trial.set_user_attr("forward_tokens", tokens)
+            if part == 0 and len(cuts) > 1:
+                trial.report(math.exp(total / count), step=0)
+                if trial.should_prune():
+                    raise optuna.TrialPruned()
         ppl = math.exp(total / count)
         if on_trial:
             on_trial(trial.number, dict(zip(names, w, strict=True)), ppl)
