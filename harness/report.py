@@ -84,7 +84,8 @@ def plot(table: pd.DataFrame, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in table.itertuples(index=False):
-        colour = {"dem": "tab:red", "data_mixing": "tab:blue", "base": "grey"}.get(r.model, "tab:green")
+        kind = "dem" if r.model.startswith("dem") else r.model  # dem_<merge> rows are DEM merges too
+        colour = {"dem": "tab:red", "data_mixing": "tab:blue", "base": "grey"}.get(kind, "tab:green")
         ax.scatter(r.train_flops, r.mean_acc, s=60, color=colour)
         ax.annotate(r.model, (r.train_flops, r.mean_acc), textcoords="offset points", xytext=(6, 4), fontsize=9)
     ax.set_xlabel("training FLOPs (whole arm)")
