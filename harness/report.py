@@ -30,8 +30,9 @@ def rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     for name, m in summary["methods"].items():
         row: dict[str, Any] = {"model": name, "val_ppl": m["val_ppl"]}
         row |= {f"val_ppl/{d}": v for d, v in m["val_ppl_by_dist"].items()}
-        row |= {k: v for k, v in m["scores"].items() if k.endswith("/acc")}
-        row["mean_acc"] = sum(row[k] for k in row if k.endswith("/acc")) / max(1, sum(k.endswith("/acc") for k in row))
+        accs = {k: v for k, v in m["scores"].items() if k.endswith("/acc")}
+        row |= accs
+        row["mean_acc"] = sum(accs.values()) / len(accs) if accs else None
         row |= {"train_tokens": m["train_tokens"], "train_flops": m["train_flops"], "train_wall_s": m["train_wall_s"],
                 "search_forward_tokens": m["search_forward_tokens"],
                 "cost_vs_mixing": m["train_flops"] / mixing_flops if mixing_flops else None}
