@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from harness.data import stable_seed
+
 Tensor = torch.Tensor
 Params = dict[str, Any]
 CombineFn = Callable[[Tensor, Sequence[Tensor], Sequence[float], Params], Tensor]
@@ -141,10 +143,7 @@ def get_strategy(name: str) -> Strategy:
 
 def tensor_generator(seed: int, name: str) -> torch.Generator:
     """A per-tensor RNG, so random drops do not depend on the order tensors are merged in."""
-    h = seed
-    for ch in name:
-        h = (h * 1_000_003 + ord(ch)) % (2**61 - 1)
-    return torch.Generator().manual_seed(h)
+    return torch.Generator().manual_seed(stable_seed(seed, name))
 
 
 def merge_state(base: dict[str, Tensor], vectors: Sequence[dict[str, Tensor]], weights: Sequence[float],

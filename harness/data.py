@@ -208,7 +208,7 @@ GENERATORS: dict[str, Callable[[random.Random], Example]] = {
 }
 
 
-def _seed_for(seed: int, *parts: str) -> int:
+def stable_seed(seed: int, *parts: str) -> int:
     """A stable per-stream seed (Python's hash() of str is salted per process, so build it by hand)."""
     h = seed
     for ch in "/".join(parts):
@@ -220,7 +220,7 @@ def generate_splits(name: str, seed: int, n_train: int, n_val: int, n_test: int)
     """Train/val/test for one distribution; duplicates of a train text are dropped from val and test."""
     if name not in GENERATORS:
         raise KeyError(f"unknown distribution '{name}'; available: {', '.join(sorted(GENERATORS))}")
-    rng = random.Random(_seed_for(seed, "data", name))
+    rng = random.Random(stable_seed(seed, "data", name))
     gen = GENERATORS[name]
     train = [gen(rng) for _ in range(n_train)]
     seen = {ex.text for ex in train}
@@ -235,7 +235,7 @@ def generate_splits(name: str, seed: int, n_train: int, n_val: int, n_test: int)
 
 def generic_corpus(seed: int, n_docs: int) -> list[str]:
     """Plain sentences over the same words and numbers, used to pre-train the tiny base model."""
-    rng = random.Random(_seed_for(seed, "generic"))
+    rng = random.Random(stable_seed(seed, "generic"))
     templates: list[Callable[[], str]] = [
         lambda: f"{rng.choice(NAMES)} has {rng.randint(1, 20)} {rng.choice(ITEMS)} .",
         lambda: f"{rng.choice(NAMES)} walks to the {rng.choice(PLACES)} with a {rng.choice(ANIMALS)} .",
@@ -252,7 +252,7 @@ def generic_corpus(seed: int, n_docs: int) -> list[str]:
 
 def bbh_object_counting(seed: int, n: int) -> list[Example]:
     """A BBH-style algorithmic task (object counting) that no training distribution contains verbatim."""
-    rng = random.Random(_seed_for(seed, "bbh_object_counting"))
+    rng = random.Random(stable_seed(seed, "bbh_object_counting"))
     words = {2: "two", 3: "three", 4: "four"}
     out = []
     for _ in range(n):
