@@ -112,13 +112,13 @@ def run_comparison(cfg: DictConfig, output_dir: Path) -> Path:
     vector_entries = {n: build_vector(n) for n in names}
     manifest = {n: {"path": str(e.path / "vector.safetensors"), "sha256": e.record["sha256"]}
                 for n, e in vector_entries.items()}
+    vectors = [load_vector(Path(m["path"]), m["sha256"]) for m in manifest.values()]  # hash-checked, read-only
     for path in cfg.dem.plugins:
         load_strategy_file(path)
 
     def merge_arm(label: str, merge: str, given: dict[str, Any], search_params: list[str]) -> tuple[Any, Entry]:
         """Search one strategy's weights (and named parameters); return the merged model and the search entry."""
         model = base_model if label == "dem" else load_model(base.path)
-        vectors = [load_vector(Path(m["path"]), m["sha256"]) for m in manifest.values()]  # hash-checked
         strategy = get_strategy(merge)
         fixed = strategy.resolve(given, len(names))
         searched = {p.name: p.search for p in strategy.params if p.name in search_params}
