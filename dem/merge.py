@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import math
 import pkgutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from typing import Any
 import torch
 
 from harness.data import stable_seed
+from harness.errors import HarnessError
 
 Tensor = torch.Tensor
 Params = dict[str, Any]
@@ -37,7 +39,7 @@ PrepareFn = Callable[[Sequence[Tensor], Params, "torch.Generator | None"], list[
 CoefficientsFn = Callable[[Sequence[float], Params], "list[float] | None"]
 
 
-class MergeConfigError(ValueError):
+class MergeConfigError(HarnessError, ValueError):
     """A strategy, parameter or value the registry cannot use; the CLIs print it as one line."""
 
 
@@ -50,6 +52,28 @@ class Param:
     per_model: bool = False  # one value per distribution vector (mergekit's per-model `parameters:`)
     search: tuple[float, float] | None = None  # the range Optuna samples when the parameter is searched
     doc: str = ""
+    low: float | None = None  # valid values: low < v (or low <= v with low_inclusive) ... v <= high
+    high: float | None = None
+    low_inclusive: bool = True
+
+    @property
+    def is_flag(self) -> bool:
+        return isinstance(self.default, bool)
+
+    def check(self, value: Any) -> str | None:
+        """Why `value` is not valid for this parameter (type, then range), or None."""
+        if self.is_flag:
+            return None if isinstance(value, bool) else f"'{self.name}' must be true or false, not {value!r}"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return f"'{self.name}' must be a finite number, not {value!r}"
+        too_low = self.low is not None and (value < self.low or (value == self.low and not self.low_inclusive))
+        if too_low or (self.high is not None and value > self.high):
+            return f"'{self.name}'={value} is outside {self.range_text()}"
+        return None
+
+    def range_text(self) -> str:
+        low = "(-inf" if self.low is None else ("[" if self.low_inclusive else "(") + f"{self.low:g}"
+        return f"{low}, " + ("inf)" if self.high is None else f"{self.high:g}]")
 
 
 @dataclass(frozen=True)
@@ -63,6 +87,7 @@ class Strategy:
     reference: str = ""
     mergekit: str | None = None  # the same merge's name in mergekit, parity-tested
     doc: str = field(default="", compare=False)
+    constraint: Callable[[Params], str | None] | None = None  # a rule across parameters (resolved values)
 
     def resolve(self, given: Params, n_models: int) -> Params:
         """Fill defaults, reject unknown or missing parameters, broadcast per-model scalars to lists."""
@@ -80,7 +105,12 @@ class Strategy:
                 value = list(value) if isinstance(value, (list, tuple)) else [value] * n_models
                 if len(value) != n_models:
                     raise MergeConfigError(f"merge '{self.name}': '{p.name}' needs {n_models} values, got {len(value)}")
+            for v in value if p.per_model else [value]:
+                if problem := p.check(v):
+                    raise MergeConfigError(f"merge '{self.name}': {problem}")
             out[p.name] = value
+        if self.constraint and (problem := self.constraint(out)):
+            raise MergeConfigError(f"merge '{self.name}': {problem}")
         return out
 
     def merge(self, base: Tensor, deltas: Sequence[Tensor], weights: Sequence[float], params: Params,
@@ -95,14 +125,15 @@ STRATEGIES: dict[str, Strategy] = {}
 
 def register(name: str, *, params: Sequence[Param] = (), prepare: PrepareFn | None = None,
              prepare_params: Sequence[str] = (), coefficients: CoefficientsFn | None = None,
-             reference: str = "", mergekit: str | None = None) -> Callable[[CombineFn], CombineFn]:
+             reference: str = "", mergekit: str | None = None,
+             constraint: Callable[[Params], str | None] | None = None) -> Callable[[CombineFn], CombineFn]:
     """Register `combine` as strategy `name`; names are unique, parameters declared up front."""
 
     def wrap(fn: CombineFn) -> CombineFn:
         if name in STRATEGIES:
-            raise ValueError(f"merge strategy '{name}' is already registered")
+            raise MergeConfigError(f"merge strategy '{name}' is already registered (pick another name)")
         STRATEGIES[name] = Strategy(name, fn, tuple(params), prepare, tuple(prepare_params), coefficients,
-                                    reference, mergekit, (fn.__doc__ or "").strip())
+                                    reference, mergekit, (fn.__doc__ or "").strip(), constraint)
         return fn
 
     return wrap
@@ -119,18 +150,37 @@ def _load_plugins() -> None:
 def load_strategy_file(path: str) -> None:
     """Import a user's strategy file named in config (`dem.plugins`); its @register calls add the strategies."""
     import importlib.util
+    import sys
     from pathlib import Path
 
     file = Path(path)
     if not file.is_file():
-        raise MergeConfigError(f"dem.plugins: no such file '{path}'")
-    module = f"dem_plugin_{file.stem}"
-    if module in __import__("sys").modules:
+        raise MergeConfigError(f"plugin file '{path}': no such file")
+    module = f"dem_plugin_{file.resolve().stem}_{abs(hash(str(file.resolve()))) % 10**8}"
+    if module in sys.modules:
         return
+    before = set(STRATEGIES)
     spec = importlib.util.spec_from_file_location(module, file)
+    if spec is None or spec.loader is None:
+        raise MergeConfigError(f"plugin file '{path}': not a Python file")
     mod = importlib.util.module_from_spec(spec)
-    __import__("sys").modules[module] = mod
-    spec.loader.exec_module(mod)
+    try:
+        spec.loader.exec_module(mod)
+    except MergeConfigError as err:
+        _forget(before)
+        raise MergeConfigError(f"plugin file '{path}': {err}") from None
+    except BaseException as err:
+        _forget(before)
+        where = f" (line {err.lineno})" if isinstance(err, SyntaxError) else ""
+        raise MergeConfigError(f"plugin file '{path}'{where}: {type(err).__name__}: "
+                               f"{' '.join(str(err).split())[:200]}") from None
+    sys.modules[module] = mod
+
+
+def _forget(before: set[str]) -> None:
+    """Drop what a plugin registered before it failed, so a broken file leaves the registry as it was."""
+    for name in set(STRATEGIES) - before:
+        del STRATEGIES[name]
 
 
 def get_strategy(name: str) -> Strategy:
@@ -211,7 +261,7 @@ def drop_magnitude_ranked(delta: Tensor, density: float, epsilon: float, rescale
     if density <= 0:
         return torch.zeros_like(delta)
     if not (0 < density - epsilon and density + epsilon < 1):
-        raise MergeConfigError("della: epsilon must keep density ± epsilon inside (0, 1)")
+        raise MergeConfigError(f"della: density ± epsilon must lie inside (0, 1), got {density} ± {epsilon}")
     rows = delta.unsqueeze(0) if delta.dim() < 2 else delta
     ranks = rows.abs().argsort(dim=1).argsort(dim=1).float() + 1
     low, high = ranks.min(dim=1, keepdim=True).values, ranks.max(dim=1, keepdim=True).values
@@ -257,9 +307,22 @@ def linear_coefficients(weights: Sequence[float], params: Params) -> list[float]
 
 
 LAMBDA = Param("lambda", default=1.0, search=(0.0, 2.0), doc="scale of the summed vectors")
-DENSITY = Param("density", default=1.0, per_model=True, search=(0.1, 1.0), doc="fraction of each vector kept")
-GAMMA = Param("gamma", default=0.01, per_model=True, search=(0.0, 0.1), doc="fraction of largest entries dropped")
-EPSILON = Param("epsilon", default=0.15, per_model=True, search=(0.01, 0.2), doc="spread of keep probabilities")
+DENSITY = Param("density", default=1.0, per_model=True, search=(0.1, 1.0), doc="fraction of each vector kept",
+                low=0.0, high=1.0, low_inclusive=False)
+GAMMA = Param("gamma", default=0.01, per_model=True, search=(0.0, 0.1), doc="fraction of largest entries dropped",
+              low=0.0, high=1.0)
+EPSILON = Param("epsilon", default=0.15, per_model=True, search=(0.01, 0.2), doc="spread of keep probabilities",
+                low=0.0, high=0.5)
+
+
+def della_constraint(p: Params) -> str | None:
+    """DELLA keeps entries with probability density ± epsilon: both ends must be probabilities (mergekit's rule);
+    a density of 1 drops nothing, so any epsilon goes."""
+    for d, e in zip(p["density"], p["epsilon"], strict=True):
+        if d < 1 and not (0 < d - e and d + e < 1):
+            return f"density ± epsilon must lie inside (0, 1), got {d} ± {e}"
+    return None
+
 
 
 def _flag(name: str, default: bool, doc: str) -> Param:
@@ -291,9 +354,11 @@ def _gta(name: str, *, consensus: bool, sparsify: str | None, normalize: bool, r
         return task_arithmetic_combine(base, deltas, weights, p, consensus)
 
     combine.__doc__ = doc
+    constraint = della_constraint if sparsify == "della" else None
     register(name, params=params, prepare=prepare if sparsify else None,
              prepare_params=[p.name for p in params if p.name not in ("lambda", "normalize")] if sparsify else (),
-             coefficients=None if consensus else linear_coefficients, reference=reference, mergekit=name)(combine)
+             coefficients=None if consensus else linear_coefficients, reference=reference, mergekit=name,
+             constraint=constraint)(combine)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -22,9 +22,10 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from dem.merge import MergeConfigError, Strategy, get_strategy, load_strategy_file, tensor_generator
+from harness.errors import HarnessError
 
 
-class MergeInputError(ValueError):
+class MergeInputError(HarnessError, ValueError):
     """Bad command-line input; printed as one line, exit code 2."""
 
 
@@ -54,10 +55,19 @@ def load_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
     config_file, files = folder / "config.json", sorted(folder.glob("*.safetensors"))
     if not config_file.exists() or not files:
         raise MergeInputError(f"{folder}: not a saved model (needs config.json and *.safetensors)")
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise MergeInputError(f"{config_file}: unreadable ({type(err).__name__}: {err})") from None
+    if not isinstance(config, dict):
+        raise MergeInputError(f"{config_file}: not a JSON object")
     tensors: dict[str, torch.Tensor] = {}
     for f in files:
-        tensors |= load_file(str(f))
-    return json.loads(config_file.read_text()), tensors
+        try:
+            tensors |= load_file(str(f))
+        except Exception as err:
+            raise MergeInputError(f"{f}: unreadable safetensors file ({' '.join(str(err).split())[:120]})") from None
+    return config, tensors
 
 
 ARCH_KEYS = ("architectures", "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -141,6 +151,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _inside(a: Path, b: Path) -> bool:
+    """Whether a is b or lies inside it (both resolved)."""
+    return a == b or b in a.parents
+
+
+def check_output(out: Path, inputs: list[Path], export: Path | None) -> None:
+    """Before any merging: --out is not an input, does not contain one, is not inside one, is not a file, and its
+    folder is writable; --export-mergekit goes to a writable, existing folder."""
+    out = out.resolve()
+    for folder in inputs:
+        src = folder.resolve()
+        if _inside(out, src) or _inside(src, out):
+            raise MergeInputError(f"--out {out}: is, contains or lies inside the input {src}; pick another folder")
+    if out.exists() and not out.is_dir():
+        raise MergeInputError(f"--out {out}: is a file")
+    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
+        raise MergeInputError(f"--out {out}: its folder {out.parent} does not exist or is not writable")
+    if export is not None:
+        target = export.resolve()
+        if target.is_dir():
+            raise MergeInputError(f"--export-mergekit {target}: is a folder; give a file name")
+        if not target.parent.is_dir() or not os.access(target.parent, os.W_OK):
+            raise MergeInputError(f"--export-mergekit {target}: its folder {target.parent} does not exist or is not "
+                                  "writable")
+        if any(_inside(target, folder.resolve()) for folder in inputs):
+            raise MergeInputError(f"--export-mergekit {target}: lies inside an input model folder")
+
+
 def run(args: argparse.Namespace) -> Path:
     for path in args.plugin:
         load_strategy_file(path)
@@ -149,6 +187,7 @@ def run(args: argparse.Namespace) -> Path:
     if len(model_dirs) != len(args.model):
         raise MergeInputError("--model: each NAME must be given once")
     model_dirs = {k: Path(v) for k, v in model_dirs.items()}
+    check_output(args.out, [args.base, *model_dirs.values()], args.export_mergekit)
     weights = dict.fromkeys(model_dirs, 1.0)
     for name, value in _pairs(args.weight, "--weight"):
         if name not in weights:
@@ -179,18 +218,25 @@ def run(args: argparse.Namespace) -> Path:
                                params, args.seed)
 
     out = args.out.resolve()
+    exported = (mergekit_yaml(strategy, args.base, model_dirs, list(weights.values()), params)
+                if args.export_mergekit else None)  # before writing anything: it can refuse a strategy
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(args.base, tmp, ignore=shutil.ignore_patterns("*.safetensors", "*.safetensors.index.json"))
-    save_file(merged, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    (tmp / "dem_bench_merge.json").write_text(json.dumps(
-        {"method": strategy.name, "base": str(args.base.resolve()), "weights": weights, "params": params,
-         "seed": args.seed, "models": {k: str(v.resolve()) for k, v in model_dirs.items()}}, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    if args.export_mergekit:
-        args.export_mergekit.write_text(mergekit_yaml(strategy, args.base, model_dirs, list(weights.values()),
-                                                      params))
+    try:
+        shutil.copytree(args.base, tmp, ignore=shutil.ignore_patterns("*.safetensors", "*.safetensors.index.json"))
+        save_file(merged, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "dem_bench_merge.json").write_text(json.dumps(
+            {"method": strategy.name, "base": str(args.base.resolve()), "weights": weights, "params": params,
+             "seed": args.seed, "models": {k: str(v.resolve()) for k, v in model_dirs.items()}}, indent=2))
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if exported is not None:
+        target = args.export_mergekit.resolve()
+        part = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        part.write_text(exported)
+        os.replace(part, target)
     return out
 
 
@@ -198,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         out = run(args)
-    except (MergeInputError, MergeConfigError) as err:
+    except HarnessError as err:
         print(f"dem-bench-merge: error: {err}", file=sys.stderr)
         sys.exit(2)
     print(f"dem-bench-merge: merged {len(args.model)} models with '{args.method}' into {out}")

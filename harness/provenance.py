@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import platform
 import subprocess
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _installed
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,9 @@ PACKAGES = ("torch", "transformers", "tokenizers", "datasets", "lm_eval", "optun
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _version(pkg: str) -> str | None:
+def version(pkg: str) -> str | None:
     try:
-        return version(pkg)
+        return _installed(pkg)
     except PackageNotFoundError:
         return None
 
@@ -38,5 +39,5 @@ def collect() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "torch_threads": torch.get_num_threads(),
-        "packages": {p: _version(p) for p in PACKAGES},
+        "packages": {p: version(p) for p in PACKAGES},
     }

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -15,26 +16,38 @@ from typing import Any
 
 import pandas as pd
 
+from harness.errors import HarnessError
+
 
 def write_atomic(path: Path, data: str | bytes) -> None:
     """Write via a temporary file and rename, so a crash never leaves a half-written result."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_bytes(data.encode() if isinstance(data, str) else data)
     os.replace(tmp, path)
+
+
+def score_columns(summary: dict[str, Any]) -> list[str]:
+    """`task/metric` of each evaluated task's headline metric (all metrics stay in summary.json)."""
+    if "headline_metrics" in summary:
+        return [f"{t}/{m}" for t, m in summary["headline_metrics"].items()]
+    first = next(iter(summary["methods"].values()))["scores"]
+    return [k for k in first if k.endswith("/acc")]  # summaries written before headline metrics existed
 
 
 def rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     """One flat row per model: perplexities, task scores, cost (FLOPs relative to the mixing arm)."""
     mixing_flops = summary["methods"]["data_mixing"]["train_flops"]
+    columns = score_columns(summary)
     out = []
     for name, m in summary["methods"].items():
         row: dict[str, Any] = {"model": name, "val_ppl": m["val_ppl"]}
         row |= {f"val_ppl/{d}": v for d, v in m["val_ppl_by_dist"].items()}
-        accs = {k: v for k, v in m["scores"].items() if k.endswith("/acc")}
-        row |= accs
-        row["mean_acc"] = sum(accs.values()) / len(accs) if accs else None
+        scores = {k: m["scores"][k] for k in columns}
+        row |= scores
+        row["mean_score"] = sum(scores.values()) / len(scores) if scores else None
+        device_s = m.get("train_device_s", m["train_wall_s"])
         row |= {"train_tokens": m["train_tokens"], "train_flops": m["train_flops"], "train_wall_s": m["train_wall_s"],
-                "search_forward_tokens": m["search_forward_tokens"],
+                "device_h": device_s / 3600, "search_forward_tokens": m["search_forward_tokens"],
                 "cost_vs_mixing": m["train_flops"] / mixing_flops if mixing_flops else None}
         out.append(row)
     return out
@@ -45,8 +58,10 @@ def markdown(summary: dict[str, Any], table: pd.DataFrame) -> str:
     for col in fmt.columns:
         if col.startswith("val_ppl"):
             fmt[col] = fmt[col].map(lambda v: f"{v:.3g}" if v < 1e4 else f"{v:.2e}")
-        elif col.endswith("acc"):
+        elif "/" in col or col == "mean_score":
             fmt[col] = fmt[col].map(lambda v: f"{v:.3f}")
+        elif col == "device_h":
+            fmt[col] = fmt[col].map(lambda v: f"{v:.4f}")
         elif col == "train_flops":
             fmt[col] = fmt[col].map(lambda v: f"{v:.3g}")
         elif col == "train_wall_s":
@@ -56,7 +71,7 @@ def markdown(summary: dict[str, Any], table: pd.DataFrame) -> str:
     header = "| " + " | ".join(fmt.columns) + " |\n|" + "---|" * len(fmt.columns) + "\n"
     body = "".join("| " + " | ".join(str(v) for v in r) + " |\n" for r in fmt.itertuples(index=False))
     dm, dem = summary["methods"]["data_mixing"], summary["methods"]["dem"]
-    chance = ", ".join(f"{t} {c:.3f}" for t, c in summary["chance"].items())
+    chance = ", ".join(f"{t} {c:.3f}" for t, c in summary["chance"].items()) or "n/a (stock tasks)"
     versions = ", ".join(f"{t} v{v}" for t, v in summary["task_versions"].items())
     return (
         "# dem-bench comparison\n\n"
@@ -70,14 +85,17 @@ def markdown(summary: dict[str, Any], table: pd.DataFrame) -> str:
         f"- Chance accuracy: {chance}\n- Task versions: {versions}\n"
         f"- Seed {summary['seed']}, git {summary['provenance']['git_commit']}, "
         f"harness wall time {summary['wall_s']:.0f} s\n\n"
-        "`val_ppl` pools the validation sets of all distributions; `cost_vs_mixing` = train FLOPs ÷ the data-mixing "
-        "arm's (all grid points); `base` is the shared starting point (its pre-training is not counted).\n\n"
+        "`val_ppl` pools the validation sets of all distributions; task columns show each task's headline metric "
+        "(every metric is in summary.json); `mean_score` is their mean; `device_h` = device-hours of the arm's "
+        "training on " + summary.get("runtime", {}).get("device", "?") + "; `cost_vs_mixing` "
+        "= train FLOPs ÷ the data-mixing arm's (all grid points); `base` is the shared starting point (its "
+        "pre-training is not counted).\n\n"
         + header + body
     )
 
 
-def plot(table: pd.DataFrame, path: Path) -> None:
-    """Training compute against mean task accuracy, one labelled point per model."""
+def plot(table: pd.DataFrame) -> bytes:
+    """Training compute against mean task score, one labelled point per model; PNG bytes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,25 +105,56 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     for r in table.itertuples(index=False):
         kind = "dem" if r.model.startswith("dem") else r.model  # dem_<merge> rows are DEM merges too
         colour = {"dem": "tab:red", "data_mixing": "tab:blue", "base": "grey"}.get(kind, "tab:green")
-        ax.scatter(r.train_flops, r.mean_acc, s=60, color=colour)
-        ax.annotate(r.model, (r.train_flops, r.mean_acc), textcoords="offset points", xytext=(6, 4), fontsize=9)
+        ax.scatter(r.train_flops, r.mean_score, s=60, color=colour)
+        ax.annotate(r.model, (r.train_flops, r.mean_score), textcoords="offset points", xytext=(6, 4), fontsize=9)
     ax.set_xlabel("training FLOPs (whole arm)")
-    ax.set_ylabel("mean accuracy over eval tasks")
+    ax.set_ylabel("mean score over eval tasks (headline metric each)")
     ax.set_title("dem-bench: cost vs quality")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
+    return buffer.getvalue()
+
+
+REQUIRED = ("train_tokens", "train_flops", "train_wall_s", "search_forward_tokens", "val_ppl", "val_ppl_by_dist",
+            "scores", "selected")
+
+
+class SummaryError(HarnessError, ValueError):
+    """A summary.json that lacks what the report needs; nothing is written."""
+
+
+def check_summary(summary: Any) -> None:
+    """The contract fields the report reads, each named when missing (so no report file is half rebuilt)."""
+    if not isinstance(summary, dict) or not isinstance(summary.get("methods"), dict):
+        raise SummaryError("missing 'methods'")
+    for name in ("data_mixing", "dem"):
+        if name not in summary["methods"]:
+            raise SummaryError(f"missing 'methods.{name}'")
+    for name, m in summary["methods"].items():
+        for field in REQUIRED:
+            if not isinstance(m, dict) or field not in m:
+                raise SummaryError(f"missing 'methods.{name}.{field}'")
+    for field in ("cost_ratio", "chance", "seed", "provenance", "wall_s"):
+        if field not in summary:
+            raise SummaryError(f"missing '{field}'")
+
+
+def render(summary: dict[str, Any]) -> dict[str, bytes]:
+    """Every report file's bytes, computed before any is written (a bad summary changes nothing on disk)."""
+    check_summary(summary)
+    table = pd.DataFrame(rows(summary))
+    return {"results.csv": table.to_csv(index=False).encode(), "report.md": markdown(summary, table).encode(),
+            "cost_quality.png": plot(table)}
 
 
 def write_report(summary: dict[str, Any], out_dir: Path) -> None:
-    """summary.json last: its presence marks the report complete."""
-    table = pd.DataFrame(rows(summary))
-    write_atomic(out_dir / "results.csv", table.to_csv(index=False))
-    write_atomic(out_dir / "report.md", markdown(summary, table))
-    plot(table, out_dir / "cost_quality.png")
+    """Render everything first, then write each file atomically; summary.json last (it marks the run complete)."""
+    files = render(summary)
+    for name, data in files.items():
+        write_atomic(out_dir / name, data)
     write_atomic(out_dir / "summary.json", json.dumps(summary, indent=2, default=str))
 
 
@@ -117,8 +166,14 @@ def main(argv: list[str] | None = None) -> None:
     path = args.run_dir / "summary.json"
     try:
         summary = json.loads(path.read_text())
-        write_report(summary, args.run_dir)
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
-        print(f"dem-bench-report: cannot rebuild from {path}: {type(err).__name__}: {err}", file=sys.stderr)
+        files = render(summary)
+        for name, data in files.items():
+            write_atomic(args.run_dir / name, data)
+    except SummaryError as err:
+        print(f"dem-bench-report: cannot rebuild from {path}: {err}", file=sys.stderr)
+        sys.exit(2)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        print(f"dem-bench-report: cannot rebuild from {path}: {type(err).__name__}: {' '.join(str(err).split())}",
+              file=sys.stderr)
         sys.exit(2)
     print(f"dem-bench-report: wrote report.md, results.csv, cost_quality.png to {args.run_dir.resolve()}")

@@ -14,7 +14,7 @@ from transformers import Trainer, TrainingArguments, default_data_collator
 
 from baselines.mixture import sample_mixture
 from harness import cost
-from harness.models import build_model, load_model, train_tokenizer
+from harness.models import CPU_FP32, LoadOptions, Runtime, build_model, device_name, load_model, train_tokenizer
 from harness.tokens import Sequence_, encode_text, pack
 
 log = logging.getLogger(__name__)
@@ -34,24 +34,29 @@ class Blocks(torch.utils.data.Dataset):
 
 
 def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int, lr: float,
-          warmup_ratio: float, weight_decay: float, seed: int) -> dict[str, Any]:
-    """One epoch over the blocks with AdamW + cosine schedule; returns tokens, FLOPs, wall seconds, losses."""
+          warmup_ratio: float, weight_decay: float, seed: int, grad_accum_steps: int = 1,
+          gradient_checkpointing: bool = False) -> dict[str, Any]:
+    """One epoch over the blocks with AdamW + cosine schedule, on the model's own device and in its dtype
+    (bf16 weights train in bf16 under autocast); returns tokens, FLOPs, device-seconds and losses."""
+    on_cpu = model.device.type == "cpu"
     with tempfile.TemporaryDirectory() as scratch:
         args = TrainingArguments(
             output_dir=scratch,
             per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=grad_accum_steps,
+            gradient_checkpointing=gradient_checkpointing,
             num_train_epochs=1,
             learning_rate=lr,
             lr_scheduler_type="cosine",
             warmup_steps=warmup_ratio,  # a float < 1 is a fraction of the steps in transformers >= 5
             weight_decay=weight_decay,
             max_grad_norm=1.0,
-            logging_steps=max(1, len(x) // batch_size // 10),
+            logging_steps=max(1, len(x) // (batch_size * grad_accum_steps) // 10),
             save_strategy="no",
             report_to="none",
             seed=seed,
-            use_cpu=True,
-            bf16=False,
+            use_cpu=on_cpu,
+            bf16=model.dtype == torch.bfloat16,
             dataloader_num_workers=0,
         )
         trainer = Trainer(model=model, args=args, train_dataset=Blocks(x, y), data_collator=default_data_collator)
@@ -60,11 +65,17 @@ def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_siz
         wall = time.perf_counter() - start
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     tokens = int(x.numel())
+    processes = args.world_size
     return {
         "train_tokens": tokens,
         "loss_tokens": int((y != -100).sum()),
         "train_flops": cost.train_flops(model.config, tokens, x.shape[1]),
         "train_wall_s": wall,
+        "train_device_s": wall * processes,  # every process holds one device for the whole run
+        "device": device_name(model.device),
+        "processes": processes,
+        "effective_batch": batch_size * grad_accum_steps * processes,
+        "dtype": str(model.dtype).removeprefix("torch."),
         "train_loss": float(out.training_loss),
         "loss_first": losses[0] if losses else None,
         "loss_last": losses[-1] if losses else None,
@@ -73,13 +84,15 @@ def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_siz
 
 
 def finetune(out_dir: Path, base_dir: Path, pools: dict[str, list[Sequence_]], weights: dict[str, float],
-             budget: Any, seed: int, pad_id: int) -> dict[str, Any]:
+             budget: Any, seed: int, pad_id: int, runtime: Runtime = CPU_FP32, options: LoadOptions | None = None,
+             gradient_checkpointing: bool = False) -> dict[str, Any]:
     """Fine-tune the base on a weighted mixture (one distribution = weight 1) for the token budget; save it."""
     seqs = sample_mixture(pools, weights, budget.train_tokens, seed)
     x, y = pack(seqs, budget.seq_len, pad_id, max_blocks=budget.train_tokens // budget.seq_len)
-    model = load_model(base_dir)
+    model = load_model(base_dir, runtime, options or LoadOptions())
     record = train(model, x, y, batch_size=budget.batch_size, lr=budget.lr, warmup_ratio=budget.warmup_ratio,
-                   weight_decay=budget.weight_decay, seed=seed)
+                   weight_decay=budget.weight_decay, seed=seed, grad_accum_steps=budget.grad_accum_steps,
+                   gradient_checkpointing=gradient_checkpointing)
     model.save_pretrained(out_dir)
     log.info("trained %s: %d tokens, loss %.3f -> %.3f, %.1fs", weights, record["train_tokens"],
              record["loss_first"] or float("nan"), record["loss_last"] or float("nan"), record["train_wall_s"])
@@ -87,10 +100,10 @@ def finetune(out_dir: Path, base_dir: Path, pools: dict[str, list[Sequence_]], w
 
 
 def pretrain(out_dir: Path, model_cfg: Any, tokenizer_texts: list[str], corpus: list[str], seed: int,
-             warmup_ratio: float = 0.05) -> dict[str, Any]:
+             warmup_ratio: float = 0.05, runtime: Runtime = CPU_FP32) -> dict[str, Any]:
     """Build the base: train the BPE tokenizer, initialise the tiny Llama, pre-train it on the generic corpus."""
     tok = train_tokenizer(tokenizer_texts, model_cfg.vocab_size)
-    model = build_model(model_cfg, tok, seed)
+    model = build_model(model_cfg, tok, seed).to(device=runtime.device, dtype=runtime.dtype)
     seqs = [encode_text(tok, t) for t in corpus]
     have = sum(len(s[0]) for s in seqs)
     seqs = seqs * -(-model_cfg.pretrain_tokens // have)  # repeat the corpus (epochs) if it is short

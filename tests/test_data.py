@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from harness.data import GENERATORS, bbh_object_counting, generate_splits, generic_corpus
+from harness.data import GENERATORS, Example, bbh_object_counting, generate_splits, generic_corpus
 
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 
@@ -105,3 +105,11 @@ def test_drop_answers_follow_from_the_passage():
             assert answer == str(x + y)
         else:
             assert answer == (a if x > y else b)
+
+
+def test_real_data_examples_need_no_eval_item():
+    ex = Example("Q: 2 + 2 ?\nA:", " 4")
+    assert ex.text == "Q: 2 + 2 ?\nA: 4"
+    assert (ex.mc_context, ex.mc_choices, ex.mc_target) == ("", (), -1)
+    built = generate_splits("mathqa", 0, 5, 1, 1).train[0]
+    assert built.mc_choices and 0 <= built.mc_target < len(built.mc_choices)

@@ -15,7 +15,8 @@ def _perturbed(state, seed, scale=0.02):
 def test_vectors_roundtrip_through_safetensors_and_merge_is_theta0_plus_weighted_deltas(base_model, tmp_path):
     theta0 = copy_params(base_model)
     tuned = [_perturbed(theta0, s) for s in (1, 2, 3)]
-    hashes = [save_vector(distribution_vector(theta0, t), tmp_path / f"d{i}.safetensors") for i, t in enumerate(tuned)]
+    hashes = [save_vector(distribution_vector(theta0, t), tmp_path / f"d{i}.safetensors")["sha256"]
+              for i, t in enumerate(tuned)]
     deltas = [load_vector(tmp_path / f"d{i}.safetensors", h) for i, h in enumerate(hashes)]
     for d, t in zip(deltas, tuned, strict=True):
         for k in theta0:
@@ -30,7 +31,7 @@ def test_vectors_roundtrip_through_safetensors_and_merge_is_theta0_plus_weighted
 
 def test_a_vector_whose_bytes_changed_is_never_loaded(tmp_path):
     path = tmp_path / "d.safetensors"
-    sha = save_vector({"w": torch.ones(4)}, path)
+    sha = save_vector({"w": torch.ones(4)}, path)["sha256"]
     assert len(sha) == 64
     save_vector({"w": torch.full((4,), 2.0)}, path)  # swapped behind the manifest's back
     with pytest.raises(VectorIntegrityError, match="does not match the manifest"):

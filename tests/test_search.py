@@ -1,3 +1,4 @@
+import copy
 import math
 
 import optuna
@@ -5,8 +6,8 @@ import pytest
 import torch
 
 from dem.merge import get_strategy, merge_state
-from dem.search import MergeSession, search_weights, storage_for
-from dem.vectors import distribution_vector
+from dem.search import MergeSession, _runs, search_weights, stacked_rows, storage_for
+from dem.vectors import distribution_vector, load_vector, load_vectors, save_vector
 from harness.data import generate_splits
 from harness.models import copy_params
 from harness.perplexity import perplexity
@@ -92,15 +93,20 @@ def test_searched_parameter_is_sampled_in_its_declared_range(base_model, tokeniz
     assert d[0] == d[1] and 0.1 <= d[0] <= 1.0
 
 
-def test_drift_guard_200_incremental_trials_stay_on_the_fresh_merge(base_model):
+@pytest.mark.parametrize("stacked", [True, False])  # one addmv over the stack, or a pass per separate vector
+def test_drift_guard_200_incremental_trials_stay_on_the_fresh_merge(base_model, stacked):
     """θ ← θ + Σ (c′ᵢ − cᵢ)Δᵢ for 200 random trials ends within 1e-5 (relative) of a fresh θ₀ + Σ wᵢΔᵢ."""
     theta0 = copy_params(base_model)
     g = torch.Generator().manual_seed(1)
     vectors = [distribution_vector(theta0, {k: v + 0.05 * torch.randn(v.shape, generator=g)
                                             for k, v in theta0.items()}) for _ in range(3)]
+    if stacked:  # the layout load_vectors gives: rows of one [n, *shape] buffer per tensor
+        stacks = {k: torch.stack([v[k] for v in vectors]) for k in theta0}
+        vectors = [{k: stack[i] for k, stack in stacks.items()} for i in range(3)]
     strategy = get_strategy("dem")
     session = MergeSession(base_model, vectors, strategy, {})
     assert session.theta0 is None  # no copy of θ₀ kept
+    assert all(isinstance(rows, torch.Tensor) == stacked for rows in session.raw)  # stacked rows seen as a stack
     for _ in range(200):
         w = (torch.rand(3, generator=g) * 2 - 0.5).tolist()
         session.set(w, {})
@@ -115,3 +121,129 @@ def test_grid_search_over_a_normalised_soup_survives_all_zero_weights(base_model
     result = _search(session, fixed, val, tmp_path, n_trials=4, sampler="grid", grid_points=2,
                      storage=storage_for("memory", tmp_path, tmp_path))
     assert result["n_trials"] == 4 and math.isfinite(result["val_ppl"])
+
+
+def test_stacked_rows_sees_the_layout_load_vectors_gives_and_nothing_else(tmp_path):
+    records = [save_vector({"w": torch.full((4, 2), float(i)), "b": torch.ones(3)}, tmp_path / f"v{i}.safetensors")
+               for i in range(3)]
+    loaded = load_vectors([tmp_path / f"v{i}.safetensors" for i in range(3)], [r["sha256"] for r in records])
+    stack = stacked_rows([v["w"] for v in loaded])
+    assert stack is not None and stack.shape == (3, 8) and stack[:, 0].tolist() == [0.0, 1.0, 2.0]
+    assert stacked_rows([v["w"] for v in reversed(loaded)]) is None  # wrong order: not one stride
+    assert stacked_rows([torch.zeros(8), torch.zeros(8)]) is None  # two allocations
+    assert _runs([0, 1, 3, 5, 6, 7]) == [(0, 2), (3, 4), (5, 8)] and _runs([]) == []
+
+
+def _vectors(theta0, n, seed, dtype=torch.float32, tmp_path=None, stacked=True):
+    """n distribution vectors; with tmp_path, saved in `dtype` and loaded back (stacked, or one by one), with their
+    records."""
+    g = torch.Generator().manual_seed(seed)
+    deltas = [distribution_vector(theta0, {k: v + 0.05 * torch.randn(v.shape, generator=g)
+                                           for k, v in theta0.items()}) for _ in range(n)]
+    if tmp_path is None:
+        return deltas, [None] * n
+    paths = [tmp_path / f"v{seed}_{i}.safetensors" for i in range(n)]
+    records = [save_vector(d, p, dtype=dtype) for d, p in zip(deltas, paths, strict=True)]
+    hashes = [r["sha256"] for r in records]
+    if stacked:
+        return load_vectors(paths, hashes), records
+    return [load_vector(p, h) for p, h in zip(paths, hashes, strict=True)], records
+
+
+def _reference(theta0, vectors, w):
+    """θ₀ + Σ wᵢΔᵢ in float64: what every fp32 merge approximates."""
+    return {k: t.double() + sum(wi * v[k].double() for wi, v in zip(w, vectors, strict=True))
+            for k, t in theta0.items()}
+
+
+# weight sequences whose steps change all, one, two (not adjacent) and none of the coefficients
+TRIALS = [[0.5, -0.3, 1.2], [0.5, 0.7, 1.2], [0.1, 0.7, -0.4], [0.1, 0.7, -0.4], [0.0, 0.0, 0.0], [0.9, 0.2, 0.3]]
+
+
+@pytest.mark.parametrize("vectors_on", ["device", "cpu"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("stacked,stage_elements", [(True, None), (True, 1000), (False, None)])
+def test_update_matches_a_float64_reference(base_model, tmp_path, vectors_on, dtype, stacked, stage_elements):
+    """Stacked or separately loaded vectors, staged in blocks of 1000 or whole, in fp32 or bf16, on the device or
+    streamed: every step lands on θ₀ + Σ wᵢΔᵢ within fp32 rounding of the stored Δ, and bf16 vectors within the
+    recorded cast error of the fp32 Δ."""
+    theta0 = copy_params(base_model)
+    vectors, records = _vectors(theta0, 3, 3, dtype, tmp_path, stacked)
+    session = MergeSession(base_model, vectors, get_strategy("dem"), {}, vectors_on=vectors_on,
+                           stage_elements=stage_elements)
+    live = dict(base_model.named_parameters())
+    for w in TRIALS:
+        session.set(w, {})
+        ref = _reference(theta0, vectors, w)  # the stored (possibly bf16) Δ, exactly
+        for k in ref:
+            # fp32 arithmetic: ≤ 4 roundings per step (3 products summed, then added), half an ulp of |θ| + Σ|Δ| each
+            scale = ref[k].abs().max().item() + sum(v[k].double().abs().max().item() for v in vectors)
+            tol = 4 * len(TRIALS) * 2**-24 * scale
+            assert (live[k].detach().double() - ref[k]).abs().max().item() <= tol, k
+            assert live[k].dtype == torch.float32
+    if dtype == torch.bfloat16:  # against the fp32 Δ the cast adds at most Σ|wᵢ|·(recorded error) on its tensor
+        exact, _ = _vectors(theta0, 3, 3)
+        name = records[0]["error_tensor"]
+        ref = _reference(theta0, exact, w)[name]
+        bound = sum(abs(wi) * r["max_abs_error"] for wi, r in zip(w, records, strict=True))
+        assert (live[name].detach().double() - ref).abs().max().item() <= bound + 1e-6
+    staged = vectors_on == "cpu" or dtype != torch.float32
+    assert bool(session.buffers) == staged  # in θ's dtype and on its device, vectors are read where they lie
+
+
+def test_a_vector_whose_coefficient_did_not_change_is_not_read(base_model):
+    """A NaN vector poisons any update that reads it (0 · NaN = NaN); kept at weight 0 it must not be touched, even
+    between two vectors that change."""
+    theta0 = copy_params(base_model)
+    (a, b), _ = _vectors(theta0, 2, 4)
+    poison = {k: torch.full_like(v, float("nan")) for k, v in theta0.items()}
+    session = MergeSession(base_model, [a, poison, b], get_strategy("dem"), {})
+    for w in ([0.3, 0.0, 0.1], [0.6, 0.0, 0.2], [-0.2, 0.0, 0.2]):
+        session.set(w, {})
+    live = dict(base_model.named_parameters())
+    for k, t in theta0.items():
+        torch.testing.assert_close(live[k].detach(), t - 0.2 * a[k] + 0.2 * b[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method,params", [("dem", {}), ("dare_linear", {"density": 0.6}), ("ties", {"density": 0.5})])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_vectors_on_cpu_gives_the_same_merge_as_on_device(base_model, tmp_path, method, params, dtype):
+    theta0 = copy_params(base_model)
+    vectors, _ = _vectors(theta0, 3, 5, dtype, tmp_path)
+    strategy = get_strategy(method)
+    models = {"device": base_model, "cpu": copy.deepcopy(base_model)}
+    sessions = {on: MergeSession(m, vectors, strategy, strategy.resolve(params, 3), seed=1, vectors_on=on,
+                                 stage_elements=1000) for on, m in models.items()}
+    for i, w in enumerate(TRIALS):
+        p = strategy.resolve({**params, "density": 0.4} if i == 3 and params else params, 3)  # re-prepare twice
+        for s in sessions.values():
+            s.set(w, p)
+        cpu = dict(models["cpu"].named_parameters())
+        for k, t in models["device"].named_parameters():
+            assert torch.equal(t, cpu[k]), (w, k)
+    if dtype == torch.float32:  # sparsified bf16 vectors are re-rounded to bf16 as stored: no fp32 merge to match
+        expected = merge_state(theta0, vectors, w, method, params, seed=1)
+        for k, t in models["cpu"].named_parameters():
+            torch.testing.assert_close(t.detach(), expected[k], rtol=1e-5, atol=1e-6)
+
+
+def test_vectors_on_must_name_a_place(base_model):
+    theta0 = copy_params(base_model)
+    with pytest.raises(ValueError, match="vectors_on must be 'device' or 'cpu'"):
+        MergeSession(base_model, _vectors(theta0, 1, 0)[0], get_strategy("dem"), {}, vectors_on="gpu")
+
+
+def test_non_contiguous_and_bf16_parameters_are_updated_in_fp32_arithmetic():
+    """A transposed weight is made contiguous in place (the same Parameter, so ties hold); a bf16 θ is widened per
+    block, so the step is rounded to bf16 once and its coefficient never is."""
+    model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Linear(4, 4)).bfloat16()
+    model[0].weight.data = model[0].weight.data.t().contiguous().t()
+    weight = model[0].weight
+    theta0 = copy_params(model)
+    g = torch.Generator().manual_seed(0)
+    delta = {k: 0.1 * torch.randn(v.shape, generator=g) for k, v in theta0.items()}  # fp32 Δ, as saved by default
+    MergeSession(model, [delta], get_strategy("dem"), {}, stage_elements=5).set([0.3], {})
+    assert model[0].weight is weight and weight.is_contiguous()
+    for k, p in model.named_parameters():
+        assert p.dtype == torch.bfloat16
+        torch.testing.assert_close(p.detach(), (theta0[k].float() + 0.3 * delta[k]).bfloat16(), rtol=0, atol=0)

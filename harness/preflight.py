@@ -1,0 +1,73 @@
+"""Checks of the environment a valid config will meet — writable folders, the search's storage, the device, the
+model source — run before Hydra creates any folder and before any training, so a run that cannot succeed stops
+in seconds with one line (the config's own values are checked by harness.config.validate)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from harness.config import ConfigError
+
+
+def writable_folder(key: str, path: str | os.PathLike) -> None:
+    """`path` is, or can be created as, a folder this process can write: not a file, and under a writable
+    folder. Nothing is created here."""
+    p = Path(path).expanduser().resolve()
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{key}={path}: is a file, not a folder")
+    probe = p
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{key}={path}: {probe} is a file, so the folder cannot be created")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={path}: {probe} is not writable")
+
+
+def storage_reachable(url: str) -> None:
+    """An RDB storage URL parses, its driver is installed, and (for servers) it accepts a connection; an sqlite
+    file's folder exists. Opening it here, not after hours of training, is the point."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+    try:
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite":
+            if parsed.database and parsed.database != ":memory:":
+                writable_folder("dem.storage", Path(parsed.database).parent)
+            return
+        engine = create_engine(url)
+        with engine.connect():
+            pass
+        engine.dispose()
+    except ImportError as err:
+        raise ConfigError(f"dem.storage={url}: its database driver is not installed ({err})") from None
+    except (ArgumentError, NoSuchModuleError) as err:
+        detail = " ".join(str(err).split())[:120]
+        raise ConfigError(f"dem.storage={url}: not a usable database URL ({detail})") from None
+    except SQLAlchemyError as err:
+        raise ConfigError(f"dem.storage={url}: cannot connect ({' '.join(str(err).split())[:120]})") from None
+
+
+def preflight(cfg: DictConfig) -> None:
+    """Raise ConfigError (one line) for folders, storage, device, dtype or model source this machine cannot use."""
+    writable_folder("output_dir", cfg.output_dir)
+    writable_folder("cache_dir", cfg.cache_dir)
+    if "://" in cfg.dem.storage:
+        storage_reachable(cfg.dem.storage)
+
+    from harness.base import load_options  # heavy imports (torch, transformers) only after the schema passed
+    from harness.models import ModelSourceError, locate_hf, resolve_runtime, smollm2_gguf
+
+    try:
+        resolve_runtime(cfg.model.device, cfg.model.dtype)
+        if cfg.model.source == "hf":
+            locate_hf(cfg.model.name_or_path, cfg.model.revision, load_options(cfg.model))
+        elif cfg.model.source == "smollm2":
+            smollm2_gguf()
+    except ModelSourceError as err:
+        raise ConfigError(str(err)) from None

@@ -1,0 +1,249 @@
+"""lm-eval bridge: stock tasks through the hub mirror, every metric kept, per-sample logs, parity with lm-eval."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from harness import evaluation as ev
+from harness.config import CONF_DIR, ConfigError
+from harness.data import bbh_object_counting, generate_splits
+from harness.mirror import MirrorError, hub_mirror
+from tests.fixtures_hub import write_mirror
+
+# The stock tasks under test: metrics each reports, and its YAML's metadata.version (lm-eval 0.4.13).
+STOCK = {
+    "mmlu_abstract_algebra": ({"acc"}, 1.0),
+    "bbh_fewshot_boolean_expressions": ({"exact_match"}, 2.0),
+    "mathqa": ({"acc", "acc_norm"}, 1.0),
+    "boolq": ({"acc"}, 2.0),
+    "openbookqa": ({"acc", "acc_norm"}, 1.0),
+    "truthfulqa_mc1": ({"acc"}, 2.0),
+}
+LIMIT = 2
+SHORT = {"max_gen_toks": 4}
+
+
+@pytest.fixture(scope="module")
+def mirror_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    ev.stock_manager()  # lm-eval's task index: built once for the module (8-15 s)
+    return write_mirror(tmp_path_factory.mktemp("mirror"))
+
+
+@pytest.fixture(scope="module")
+def stock_run(micro_base, mirror_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One evaluation of every stock task under test, shared by the tests that inspect it."""
+    from harness.models import load_model, load_tokenizer
+
+    samples = tmp_path_factory.mktemp("samples")
+    result = ev.evaluate(load_model(micro_base[0]), load_tokenizer(micro_base[0]), tasks=list(STOCK), limit=LIMIT,
+                         batch_size=4, gen_kwargs=OmegaConf.create(SHORT), samples_dir=samples, mirror=mirror_root)
+    return result, samples
+
+
+def test_every_stock_task_keeps_all_metrics_stderr_and_version(stock_run):
+    result, _ = stock_run
+    assert set(result) == set(STOCK)
+    for task, (metrics, version) in STOCK.items():
+        res = result[task]
+        assert set(res["metrics"]) == metrics and set(res["stderr"]) == metrics, task
+        assert all(isinstance(v, float) for v in [*res["metrics"].values(), *res["stderr"].values()]), task
+        assert (res["version"], res["n"], res["group"], res["subtasks"]) == (version, LIMIT, False, [])
+    assert result["bbh_fewshot_boolean_expressions"]["num_fewshot"] == 3  # the YAML's default
+    assert result["mmlu_abstract_algebra"]["num_fewshot"] == 0
+    flat = ev.flat_scores(result)
+    assert {"mathqa/acc", "mathqa/acc_stderr", "mathqa/acc_norm", "mathqa/acc_norm_stderr",
+            "bbh_fewshot_boolean_expressions/exact_match"} <= set(flat)
+    assert len(flat) == 2 * sum(len(m) for m, _ in STOCK.values())
+
+
+def test_per_sample_records_for_paired_statistics(stock_run):
+    result, samples = stock_run
+    for task, (metrics, _) in STOCK.items():
+        rows = [json.loads(line) for line in (samples / f"{task}.jsonl").read_text().splitlines()]
+        assert [r["doc_id"] for r in rows] == list(range(LIMIT)), task
+        assert all(metrics <= set(r) and "target" in r and "resps" in r for r in rows), task
+        mean = sum(r[sorted(metrics)[0]] for r in rows) / len(rows)
+        assert mean == pytest.approx(result[task]["metrics"][sorted(metrics)[0]]), task
+    mc = json.loads((samples / "openbookqa.jsonl").read_text().splitlines()[0])
+    assert len(mc["filtered_resps"]) == 4  # one log-likelihood per choice
+
+
+def test_generation_task_uses_gen_kwargs(stock_run, tokenizer):
+    _, samples = stock_run
+    rows = [json.loads(line) for line in (samples / "bbh_fewshot_boolean_expressions.jsonl").read_text().splitlines()]
+    for row in rows:
+        generated = row["resps"][0][0]
+        assert isinstance(generated, str) and len(tokenizer(generated).input_ids) <= SHORT["max_gen_toks"]
+
+
+def test_parity_with_lm_eval_on_the_saved_checkpoint(base_model, tokenizer, mirror_root: Path, tmp_path: Path):
+    """The harness's in-memory path and `lm_eval.simple_evaluate(model="hf")` on the saved folder agree exactly:
+    every metric and stderr, and every per-sample log-likelihood and generation."""
+    from lm_eval import simple_evaluate
+    from lm_eval.utils import handle_non_serializable
+
+    tasks = ["mmlu_abstract_algebra", "boolq", "mathqa", "bbh_fewshot_boolean_expressions"]
+    base_model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    ours = ev.evaluate(base_model, tokenizer, tasks=tasks, limit=3, batch_size=4, gen_kwargs=SHORT,
+                       mirror=mirror_root, samples_dir=tmp_path / "samples", bootstrap_iters=1000)
+    with hub_mirror(mirror_root):
+        direct = simple_evaluate(model="hf", model_args={"pretrained": str(tmp_path / "model"), "dtype": "float32"},
+                                 tasks=tasks, limit=3, batch_size=4, device="cpu", gen_kwargs=SHORT,
+                                 bootstrap_iters=1000, log_samples=True)
+    for task in tasks:
+        theirs = {k: v for k, v in direct["results"][task].items() if "," in k}
+        mine = {lm_eval_key(m): v for m, v in ours[task]["metrics"].items()}
+        mine |= {lm_eval_key(m, "_stderr"): v for m, v in ours[task]["stderr"].items()}
+        assert mine == theirs, task
+        logged = [json.loads(line)["filtered_resps"] for line in (tmp_path / "samples" / f"{task}.jsonl").open()]
+        expected = json.loads(json.dumps([s["filtered_resps"] for s in direct["samples"][task]],
+                                         default=handle_non_serializable))
+        assert logged == expected, task
+
+
+def lm_eval_key(name: str, suffix: str = "") -> str:
+    """Our metric name back to lm-eval's result key: `acc` → `acc,none`, `em,get-answer` → `em_stderr,get-answer`."""
+    metric, _, filt = name.partition(",")
+    return f"{metric}{suffix},{filt or 'none'}"
+
+
+def test_group_kept_as_group_and_per_subtask(base_model, tokenizer, mirror_root: Path):
+    result = ev.evaluate(base_model, tokenizer, tasks=["bbh_fewshot"], num_fewshot={"bbh_fewshot": 1}, limit=1,
+                         batch_size=8, gen_kwargs={"max_gen_toks": 2}, mirror=mirror_root)
+    group = result["bbh_fewshot"]
+    assert group["group"] and len(group["subtasks"]) == 27 and set(result) == {"bbh_fewshot", *group["subtasks"]}
+    assert (group["n"], group["num_fewshot"], group["version"]) == (27, 1, 3.0)
+    assert set(group["metrics"]) == {"exact_match"}
+    assert all(result[t]["num_fewshot"] == 1 for t in group["subtasks"])
+    assert "bbh_fewshot/exact_match" in ev.flat_scores(result)
+
+
+def test_num_fewshot_int_and_a_yaml_pinned_zero(base_model, tokenizer, mirror_root: Path):
+    result = ev.evaluate(base_model, tokenizer, tasks=["mmlu_abstract_algebra", "truthfulqa_mc1"], num_fewshot=2,
+                         limit=1, batch_size=8, mirror=mirror_root)
+    assert result["mmlu_abstract_algebra"]["num_fewshot"] == 2
+    assert result["truthfulqa_mc1"]["num_fewshot"] == 0  # its YAML pins 0 shots; lm-eval keeps it
+
+
+def test_num_fewshot_checked_before_training(mirror_root: Path):
+    check = ev.check_eval  # what the pipeline calls before any training
+    assert check(["mathqa_mc", "mmlu"], {"mmlu_stem": 5, "mmlu_anatomy": 2, "mathqa_mc": 1}).stock == ("mmlu",)
+    with pytest.raises(ev.EvalConfigError, match=r"^eval\.num_fewshot: mmlu not among eval\.tasks or their subtasks$"):
+        check(["mathqa"], {"mmlu": 5})
+    with pytest.raises(ev.EvalConfigError, match=r"eval\.num_fewshot: mathqa=-1 must be an int >= 0"):
+        check(["mathqa"], {"mathqa": -1})
+    with pytest.raises(ev.EvalConfigError, match=r"eval\.num_fewshot=five"):
+        check(["mathqa"], "five")
+    with pytest.raises(MirrorError, match="regisss/math_qa"):
+        check(["mathqa"], None, mirror_root / "cais")
+
+
+def test_unknown_task_says_did_you_mean(mirror_root: Path):
+    with pytest.raises(ev.EvalConfigError) as err:
+        ev.resolve_tasks(["mathqa_mc", "mmlu_abstrct_algebra"])
+    message = str(err.value)
+    assert "\n" not in message and isinstance(err.value, ConfigError)
+    assert message.startswith("eval.tasks: unknown lm-eval task 'mmlu_abstrct_algebra'. Did you mean "
+                              "'mmlu_abstract_algebra'")
+
+
+def test_overlapping_and_repeated_names_fail_before_loading(mirror_root: Path):
+    with pytest.raises(ev.EvalConfigError, match="'mmlu' and 'mmlu_anatomy' both run 'mmlu_anatomy'"):
+        ev.resolve_tasks(["mmlu", "mmlu_anatomy"])
+    with pytest.raises(ev.EvalConfigError, match="'boolq' is listed twice"):
+        ev.resolve_tasks(["boolq", "boolq"])
+
+
+def test_task_datasets_lists_every_split_read(mirror_root: Path):
+    found = {(d.path, d.name): d.splits for d in ev.task_datasets(["mmlu", "bbh_fewshot", "drop", "mathqa", "boolq",
+                                                                     "hellaswag", "openbookqa", "truthfulqa_mc1"])}
+    assert found[("cais/mmlu", "abstract_algebra")] == ("test", "dev")
+    assert len([k for k in found if k[0] == "cais/mmlu"]) == 57
+    assert found[("SaylorTwift/bbh", "boolean_expressions")] == ("test",)  # few-shot exemplars are in the YAML
+    assert found[("regisss/math_qa", None)] == ("test", "train")  # lm-eval builds few-shot docs from train
+    assert found[("aps/super_glue", "boolq")] == ("validation", "train")
+    assert found[("allenai/openbookqa", "main")] == ("test", "train")
+    assert found[("truthfulqa/truthful_qa", "multiple_choice")] == ("validation",)
+    assert found[("EleutherAI/drop", None)] == ("validation", "train")
+    assert found[("Rowan/hellaswag", None)] == ("validation", "train")
+
+
+def test_one_config_read_two_ways_cannot_be_mirrored(mirror_root: Path):
+    """mmlusr's subjects read different CSVs (data_files) of one hub config: a mirror has one copy per config."""
+    (only,) = ev.task_datasets(["mmlusr_answer_only_abstract_algebra"])
+    assert only.load_kwargs["data_files"]["test"] == "answer_only_test/answer_only_abstract_algebra_test.csv"
+    with pytest.raises(MirrorError, match="with different dataset_kwargs"):
+        ev.task_datasets(["mmlusr_answer_only_abstract_algebra", "mmlusr_answer_only_anatomy"])
+
+
+def test_mirror_missing_a_split_is_one_line_naming_the_file(mirror_root: Path, tmp_path: Path, base_model,
+                                                            tokenizer):
+    root = tmp_path / "mirror"
+    shutil.copytree(mirror_root, root)
+    (root / "cais/mmlu/abstract_algebra/dev.jsonl").unlink()
+    expected = re.escape(str(root / "cais/mmlu/abstract_algebra/dev.jsonl"))
+    with pytest.raises(MirrorError, match=expected) as err:
+        ev.check_mirror(["mathqa_mc", "mmlu_abstract_algebra", "boolq"], root)
+    assert "\n" not in str(err.value) and "needed by task mmlu_abstract_algebra" in str(err.value)
+    with pytest.raises(MirrorError, match=expected):  # and at evaluation time, should the check be skipped
+        ev.evaluate(base_model, tokenizer, tasks=["mmlu_abstract_algebra"], limit=1, mirror=root)
+    ev.check_mirror(list(STOCK), mirror_root)
+
+
+def test_mirror_missing_many_files_counts_them(mirror_root: Path):
+    with pytest.raises(MirrorError, match=r"cais/mmlu/anatomy/test\.jsonl .* \(and 111 more missing\)$"):
+        ev.check_mirror(["mmlu"], mirror_root)
+
+
+def test_builtin_tasks_score_as_before(base_model, tokenizer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Built-in tasks: same scores as lm-eval reading the YAML folder itself; `<task>/acc` keys; no stock index."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    test_sets = {"mathqa_mc": generate_splits("mathqa", 0, 4, 1, 6).test,
+                 "bbh_object_counting": bbh_object_counting(0, 6)}
+    ev.write_tasks(tmp_path, test_sets)
+    monkeypatch.setattr(ev, "stock_manager", lambda: pytest.fail("built-in tasks alone must not index lm-eval"))
+    result = ev.evaluate(base_model, tokenizer, tasks=list(test_sets), task_dir=tmp_path, limit=5, batch_size=8)
+    lm = HFLM(pretrained=base_model, tokenizer=tokenizer, batch_size=8, device="cpu")
+    old = simple_evaluate(model=lm, tasks=list(test_sets), limit=5, bootstrap_iters=1000,
+                          task_manager=TaskManager(include_path=str(tmp_path), include_defaults=False))
+    assert ev.flat_scores(result) == {f"{t}/{m}": old["results"][t][f"{m},none"] for t in test_sets
+                                      for m in ("acc", "acc_stderr")}
+    assert all(result[t]["version"] == ev.TASK_VERSION and result[t]["n"] == 5 for t in test_sets)
+
+
+@pytest.mark.parametrize("preset", ["paper", "helm"])
+def test_presets_name_stock_tasks_and_valid_fewshot_keys(preset: str, mirror_root: Path):
+    text = (CONF_DIR / "eval" / f"{preset}.yaml").read_text()
+    assert text.startswith("#") and f"eval={preset}" in text  # a header with the launch command
+    cfg = yaml.safe_load(text)
+    selection = ev.resolve_tasks(cfg["tasks"])
+    assert selection.builtin == () and set(cfg["num_fewshot"]) <= set(cfg["tasks"])
+    assert ev.task_datasets(selection.stock)
+
+
+def test_mirror_fingerprint_follows_the_files_read(mirror_root: Path, tmp_path: Path):
+    root = tmp_path / "mirror"
+    shutil.copytree(mirror_root, root)
+    before = ev.mirror_fingerprint(["mathqa_mc", "boolq"], root)
+    assert before == ev.mirror_fingerprint(["boolq"], mirror_root)  # same content elsewhere: same fingerprint
+    (root / "cais/mmlu/abstract_algebra/test.jsonl").unlink()  # a file boolq does not read
+    assert ev.mirror_fingerprint(["boolq"], root) == before
+    with (root / "aps/super_glue/boolq/validation.jsonl").open("a") as f:
+        f.write(json.dumps({"question": "q", "passage": "p", "idx": 9, "label": 0}) + "\n")
+    assert ev.mirror_fingerprint(["boolq"], root) != before
+
+
+def test_mirror_folder_that_does_not_exist(tmp_path: Path):
+    with pytest.raises(MirrorError, match="is not a folder"):
+        ev.check_mirror(["boolq"], tmp_path / "absent")

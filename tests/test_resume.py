@@ -1,0 +1,86 @@
+"""Kill the micro run with SIGKILL at points chosen from its own progress log — during training, mid-search after
+some trials, during evaluation — rerun the same command each time, and compare the final summary.json field by
+field with an uninterrupted run's: identical, wall-clock fields aside."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MICRO
+
+pytestmark = pytest.mark.slow
+ARGS = [*MICRO, "dem.n_trials=8", "dem.compare=[{merge: ties, params: {density: 0.5}, search_params: [density]}]"]
+WALL_CLOCK = {"wall_s", "train_wall_s", "train_device_s", "output_dir"}
+
+
+def _cmd(out: Path, cache: Path) -> list[str]:
+    return [sys.executable, "-m", "harness", *ARGS, f"output_dir={out}", f"cache_dir={cache}"]
+
+
+def _run_until(out: Path, cache: Path, marker: str, occurrence: int = 1, delay: float = 0.0) -> str:
+    """Start the run, SIGKILL it `delay` seconds after the `occurrence`-th log line containing `marker`."""
+    proc = subprocess.Popen(_cmd(out, cache), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    seen, log = 0, []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        log.append(line)
+        if marker in line:
+            seen += 1
+            if seen == occurrence:
+                time.sleep(delay)
+                proc.send_signal(signal.SIGKILL)
+                break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "".join(log)[-3000:]  # it was killed, not finished
+    return "".join(log)
+
+
+def _strip(obj):
+    """The summary without wall-clock fields (and the output folder, which differs by design)."""
+    if isinstance(obj, dict):
+        return {k: _strip(v) for k, v in obj.items() if k not in WALL_CLOCK}
+    if isinstance(obj, list):
+        return [_strip(v) for v in obj]
+    return obj
+
+
+def _diff(a, b, path: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _diff(a.get(k), b.get(k), f"{path}.{k}")]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in _diff(x, y, f"{path}[{i}]")]
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
+def test_sigkill_at_any_stage_then_rerun_gives_the_uninterrupted_summary(tmp_path):
+    reference = subprocess.run(_cmd(tmp_path / "ref", tmp_path / "ref-cache"), capture_output=True, text=True,
+                               timeout=900)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    _run_until(out, cache, "cache miss train/", occurrence=3, delay=0.5)  # during the 3rd training run
+    assert list(cache.glob("train/.*.tmp-*")), "the kill should leave a half-built entry behind"
+    log = _run_until(out, cache, "dem search: trial 3/8")  # mid-search, after 3 finished trials
+    assert "removing" in log and ".tmp-" in log  # the dead build's debris was cleaned up
+    log = _run_until(out, cache, "dem_ties search: trial 2/8")  # the second strategy's search
+    assert "dem search: resuming, 3 of 8 trials already done" in log
+    log = _run_until(out, cache, "cache miss eval/", occurrence=2, delay=0.3)  # during evaluation
+    assert "dem_ties search: resuming, 2 of 8 trials already done" in log
+    final = subprocess.run(_cmd(out, cache), capture_output=True, text=True, timeout=900)
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert "cache miss train/" not in final.stdout and "cache miss search/" not in final.stdout
+    assert not list(cache.rglob(".*.tmp-*")), "no temporary folder survives a finished run"
+
+    ref = (tmp_path / "ref" / "summary.json").read_text().replace(str(tmp_path / "ref-cache"), "<cache>")
+    got = (out / "summary.json").read_text().replace(str(cache), "<cache>")  # vector paths name the cache
+    differences = _diff(_strip(json.loads(ref)), _strip(json.loads(got)))
+    assert differences == [], "\n".join(differences[:20])
