@@ -13,7 +13,8 @@ fp32 and bf16 by default, one table row each) it measures, interleaved, medians 
               times (3pass/fused is the speed-up, measured in the same run on the same tensors);
   disk      — what the official DEM code and mergekit-evolve do per candidate: merge θ₀ + Σ wᵢΔᵢ (in the model's
               dtype, whatever the vectors' dtype), save_pretrained, from_pretrained, forward.
-Overheads are timed directly (the set step; merge + save + load), not as differences of noisy totals.
+Overheads are timed directly (the set step; merge + save + load), not as differences of noisy totals; trial/forward
+is the median of the ratios of a trial and a forward pass run back to back (two pairs per repeat, both orders).
 Peak memory comes from a separate process that only loads the model and vectors and runs trials through
 MergeSession (the same one-pass update): (peak RSS − RSS after imports) ÷ model bytes.
 The last line reads `trial/forward=<x> disk_overhead/inmem_overhead=<y> rss/model=<z>` for the last model with the
@@ -191,9 +192,9 @@ def bench(name: str, model_dir: Path, dtype: str, paths: list[Path], hashes: lis
         step()
     for key in times:
         times[key].clear()
-    for r in range(repeats):  # interleaved, order rotated each repeat
-        for step in steps[r % len(steps):] + steps[: r % len(steps)]:
-            step()
+    for _ in range(repeats):  # interleaved; forward and trial back to back as two pairs in both orders, so a
+        for step in [run_forward, run_trial, run_trial, run_forward, run_3pass, run_disk]:  # neighbour's memory
+            step()  # churn (the disk step loads a whole model) and drift hit both alike
 
     probe = subprocess.run([sys.executable, __file__, "--rss-probe", str(model_dir), "--trials", "5",
                             "--x", str(x_file), "--vectors", *map(str, paths), "--hashes", *hashes],
@@ -208,7 +209,7 @@ def bench(name: str, model_dir: Path, dtype: str, paths: list[Path], hashes: lis
         "tokens": int(x.numel()),
         **{f"{k}_s": v for k, v in med.items()},
         "3pass/fused": med["set_3pass"] / med["set_fused"],
-        "trial/forward": med["trial"] / med["forward"],
+        "trial/forward": statistics.median(t / f for t, f in zip(times["trial"], times["forward"], strict=True)),
         "disk_overhead/inmem_overhead": med["disk_io"] / med["set_fused"],
         "rss/model": (mem["peak"] - mem["after_imports"]) / mem["model_bytes"],
     }
