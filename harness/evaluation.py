@@ -8,10 +8,15 @@ Result naming (`evaluate` → `flat_scores`): every metric lm-eval reports is ke
 default filter: `"acc,none"` → `acc`, `"exact_match,get-answer"` → `exact_match,get-answer`. Its standard error is
 the same name plus `_stderr`. Flat keys are `"<task>/<metric>"` and `"<task>/<metric>_stderr"`, for leaf tasks and
 groups alike (`mmlu/acc`, `mmlu_abstract_algebra/acc`, `bbh_fewshot/exact_match`).
+
+HELM-style metrics for multiple-choice tasks (Liang et al. 2022: accuracy, calibration, robustness), added to the
+same result dict: `ece` (calibration), and with `robustness=True` `acc_robust` (every metric of the perturbed pass,
+`<metric>_robust`) and `robustness_drop` = acc − acc_robust. See `add_calibration` and `perturbed_prompts`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import functools
@@ -23,9 +28,11 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import yaml
 
 from harness import mirror as hub
+from harness import perturb as pt
 from harness.config import ConfigError
 from harness.data import Example
 
@@ -35,6 +42,8 @@ TASK_VERSION = 1.0  # bump when a built-in task's prompt format changes; stored 
 BUILTIN_TASKS = ("mathqa_mc", "sni_mc", "cot_mc", "drop_mc", "bbh_object_counting")  # written by write_tasks
 DEFAULT_FILTER = "none"
 UNSAFE = re.compile(r"[^\w.-]")  # characters kept out of sample file names (inline tasks are named `group::task`)
+ECE_BINS = 10  # equal-width confidence bins of the expected calibration error (Guo et al. 2017; HELM uses 10)
+ROBUST_SUFFIX = "__robust"  # samples_dir/<task>__robust.jsonl: per-sample records of the perturbed pass
 
 
 class EvalConfigError(ConfigError):
@@ -194,11 +203,21 @@ def check_num_fewshot(num_fewshot: Any, selection: TaskSelection) -> None:
         raise EvalConfigError("eval.num_fewshot: " + "; ".join(problems))
 
 
+def check_perturbations(kinds: Sequence[str]) -> None:
+    """`eval.helm.perturbations`: a non-empty list of known kinds (harness/perturb.py), else EvalConfigError."""
+    problems = pt.unknown_kinds(kinds) or ([] if kinds else [f"empty; use some of {', '.join(pt.KINDS)}"])
+    if problems:
+        raise EvalConfigError("eval.helm.perturbations: " + "; ".join(problems))
+
+
 def check_eval(tasks: Sequence[str], num_fewshot: Any = None, mirror_dir: str | Path | None = None,
-               builtin: Iterable[str] = BUILTIN_TASKS) -> TaskSelection:
-    """Every `eval.*` check that needs no model, for before training: task names, few-shot keys, the hub mirror."""
+               builtin: Iterable[str] = BUILTIN_TASKS, perturbations: Sequence[str] | None = None) -> TaskSelection:
+    """Every `eval.*` check that needs no model, for before training: task names, few-shot keys, the hub mirror,
+    and the perturbation kinds (pass them when robustness is on)."""
     selection = resolve_tasks(tasks, builtin)
     check_num_fewshot(num_fewshot, selection)
+    if perturbations is not None:
+        check_perturbations(perturbations)
     if mirror_dir is not None:
         check_mirror(tasks, mirror_dir, builtin)
     return selection
@@ -311,8 +330,10 @@ def evaluate(model: Any, tokenizer: Any, *, tasks: Sequence[str], task_dir: Path
              num_fewshot: int | Mapping[str, int] | None = None, limit: int | float | None = None,
              batch_size: int = 32, gen_kwargs: Mapping[str, Any] | None = None, samples_dir: Path | None = None,
              mirror: str | Path | None = None, builtin: Iterable[str] = BUILTIN_TASKS,
-             bootstrap_iters: int = 1000) -> dict[str, dict[str, Any]]:
-    """Score an in-memory model on built-in and stock tasks in one `lm_eval.simple_evaluate` call.
+             bootstrap_iters: int = 1000, robustness: bool = False, perturbations: Sequence[str] = pt.KINDS,
+             perturb_seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Score an in-memory model on built-in and stock tasks in one `lm_eval.simple_evaluate` call (two with
+    robustness: the perturbed pass reuses the loaded task objects).
 
     num_fewshot: None = each task's default; an int = lm-eval's `--num_fewshot` (every task whose YAML does not pin
     0 shots); a mapping {task or group: shots} = per task, a group's value reaching all its subtasks, with the same
@@ -320,6 +341,11 @@ def evaluate(model: Any, tokenizer: Any, *, tasks: Sequence[str], task_dir: Path
     `--gen_kwargs`). Built-in tasks are read from `task_dir/<task>.yaml`. Per-sample records go to
     `samples_dir/<task>.jsonl`. Returns {task or group: {"metrics", "stderr", "higher_is_better", "version", "n",
     "num_fewshot", "group", "subtasks"}}; see the module docstring for metric names.
+
+    Multiple-choice tasks also get `ece` (free: it reads the log-likelihoods already computed). robustness=True
+    scores them a second time with each test prompt perturbed (`perturbations`, seeded by `perturb_seed` and the
+    prompt, so every model sees the same prompts) and adds `<metric>_robust` and `robustness_drop`; its per-sample
+    records go to `samples_dir/<task>__robust.jsonl`. It doubles the multiple-choice scoring time.
     """
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
@@ -328,20 +354,34 @@ def evaluate(model: Any, tokenizer: Any, *, tasks: Sequence[str], task_dir: Path
     _quiet_lm_eval()
     selection = resolve_tasks(tasks, builtin)
     check_num_fewshot(num_fewshot, selection)
+    if robustness:
+        check_perturbations(perturbations)
     specs: list[Any] = [_builtin_spec(task_dir, t) for t in selection.builtin] + list(selection.stock)
     manager = stock_manager() if selection.stock else TaskManager(include_defaults=False)
     fewshot = num_fewshot if isinstance(num_fewshot, int) else None
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
+    run = functools.partial(simple_evaluate, model=lm, task_manager=manager, num_fewshot=fewshot, limit=limit,
+                            gen_kwargs=_plain(gen_kwargs) or None, log_samples=True,
+                            bootstrap_iters=bootstrap_iters, verbosity="WARNING")
+    robust_out = None
     with hub.hub_mirror(mirror):
         loaded = [obj for spec in specs for obj in _load(manager, spec)]  # builds tasks: reads datasets
         if isinstance(num_fewshot, Mapping):
             _set_fewshot(loaded, dict(num_fewshot))
-        out = simple_evaluate(model=lm, tasks=loaded, task_manager=manager, num_fewshot=fewshot, limit=limit,
-                              gen_kwargs=_plain(gen_kwargs) or None, log_samples=True,
-                              bootstrap_iters=bootstrap_iters, verbosity="WARNING")
+        out = run(tasks=loaded)
+        if robustness and (targets := robust_targets(loaded)):
+            with perturbed_prompts(_leaf_tasks(targets).values(), perturb_seed, perturbations):
+                robust_out = run(tasks=targets)  # the same task objects: same few-shot exemplars, same docs
+    leaves = _leaf_tasks(loaded)
+    result = collect(out)
+    add_calibration(result, out["samples"], leaves)
+    samples = dict(out["samples"])
+    if robust_out is not None:
+        add_robustness(result, collect(robust_out))
+        samples |= robust_samples(robust_out["samples"], leaves, perturb_seed, perturbations)
     if samples_dir is not None:
-        write_samples(Path(samples_dir), out["samples"])
-    return collect(out)
+        write_samples(Path(samples_dir), samples)
+    return result
 
 
 def _quiet_lm_eval() -> None:
@@ -395,6 +435,174 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, Sequence) and not isinstance(obj, str):
         return [_plain(v) for v in obj]
     return obj
+
+
+# ---------------------------------------------------------------- HELM-style: calibration and robustness
+
+def _leaf_tasks(loaded: Iterable[Any]) -> dict[str, Any]:
+    """{task name: Task} of every leaf under the loaded tasks and groups (the names lm-eval keys samples by)."""
+    from lm_eval.api.group import Group
+
+    tasks = [t for obj in loaded for t in (obj.get_all_tasks() if isinstance(obj, Group) else [obj])]
+    return {t.task_name: t for t in tasks}
+
+
+def is_multiple_choice(task: Any) -> bool:
+    """lm-eval's `output_type: multiple_choice`: one log-likelihood per choice, scored by argmax."""
+    return getattr(task, "OUTPUT_TYPE", None) == "multiple_choice"
+
+
+def calibration_items(task: Any, records: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(confidence, correct) per item of a multiple-choice task, from its per-sample records; None if not MC.
+
+    Confidence is the softmax, over the offered choices, of the raw summed log-likelihoods (`filtered_resps`), at
+    the argmax — the prediction lm-eval's `acc` scores. Not `acc_norm`'s length-normalised ones: a sum over fewer
+    characters is not a probability. The target index comes from the record (a choice string is looked up in the
+    task's choices; multiple-input tasks such as winogrande keep it in `doc_to_text`). A task whose own `acc` is not
+    that argmax correctness (truthfulqa_mc2's is a probability mass; several correct choices) gets None, with a note.
+    """
+    from harness.stats import choice_confidence
+
+    rows = [r for r in records if r.get("filter", DEFAULT_FILTER) == DEFAULT_FILTER]
+    if not is_multiple_choice(task) or not rows:
+        return None
+    golds = [_gold_index(task, r) for r in rows]
+    lls = [[float(resp[0]) for resp in r["filtered_resps"]] for r in rows]
+    if any(g is None or not 0 <= g < len(ll) for g, ll in zip(golds, lls, strict=True)):
+        log.info("%s: no single target index per item; no ece", task.task_name)
+        return None
+    confidence, correct = choice_confidence(lls, golds)
+    if any("acc" in r and float(r["acc"]) != float(c) for r, c in zip(rows, correct, strict=True)):
+        log.info("%s: its acc is not argmax correctness of the choice log-likelihoods; no ece", task.task_name)
+        return None
+    return confidence, correct
+
+
+def _gold_index(task: Any, record: Mapping[str, Any]) -> int | None:
+    """The target choice index of one record, as lm-eval's process_results resolves it (None: not one index)."""
+    if getattr(task, "multiple_input", 0):
+        gold = task.doc_to_text(record["doc"])
+    elif isinstance(gold := record["target"], str):
+        choices = task.doc_to_choice(record["doc"])
+        gold = choices.index(gold) if gold in choices else None
+    return gold if isinstance(gold, (int, np.integer)) and not isinstance(gold, bool) else None
+
+
+def add_calibration(result: dict[str, dict[str, Any]], samples: Mapping[str, Sequence[Mapping[str, Any]]],
+                    leaves: Mapping[str, Any]) -> None:
+    """Add `ece` (ECE_BINS bins, no stderr) to every MC task, and to every group whose leaves all have it, over the
+    pooled items (so a group's ece is not the mean of its subtasks', as its `acc` may be)."""
+    from harness.stats import expected_calibration_error
+
+    items = {name: got for name, task in leaves.items() if (got := calibration_items(task, samples.get(name, [])))}
+    subtasks = {name: res["subtasks"] for name, res in result.items()}
+    for name, res in result.items():
+        members = _leaves(name, subtasks) if res["group"] else [name]
+        if members and all(m in items for m in members):
+            confidence = np.concatenate([items[m][0] for m in members])
+            correct = np.concatenate([items[m][1] for m in members])
+            _put(res, "ece", expected_calibration_error(confidence, correct, n_bins=ECE_BINS), None, False)
+
+
+def _put(res: dict[str, Any], metric: str, value: float, stderr: float | None, higher_is_better: bool) -> None:
+    res["metrics"][metric] = float(value)
+    res["stderr"][metric] = stderr
+    res["higher_is_better"][metric] = higher_is_better
+
+
+def robust_targets(loaded: Sequence[Any]) -> list[Any]:
+    """What the perturbed pass scores: each loaded MC task, each group whose leaves are all perturbable (so lm-eval
+    aggregates `acc_robust` as it does `acc`), else a mixed group's perturbable leaves on their own."""
+    from lm_eval.api.group import Group
+
+    targets: list[Any] = []
+    for obj in loaded:
+        leaves = obj.get_all_tasks() if isinstance(obj, Group) else [obj]
+        able = [t for t in leaves if _perturbable(t)]
+        targets += [obj] if isinstance(obj, Group) and len(able) == len(leaves) else able
+    return targets
+
+
+def _perturbable(task: Any) -> bool:
+    """A MC task with one prompt per doc. Multiple-input tasks (winogrande) put the choices into the context, so
+    perturbing their prompt would perturb the choices: they are left out, as are generation tasks."""
+    if is_multiple_choice(task) and not getattr(task, "multiple_input", 0):
+        return True
+    log.info("%s: not a single-prompt multiple-choice task; no robustness score", task.task_name)
+    return False
+
+
+@contextlib.contextmanager
+def perturbed_prompts(tasks: Iterable[Any], seed: int, kinds: Sequence[str]) -> Iterator[None]:
+    """Within the block each task's test prompt is perturbed — the test doc's own text, nothing else.
+
+    lm-eval 0.4.13 builds a MC request as `fewshot_context(doc)` = description + exemplars (each rendered with
+    `doc_to_text(exemplar, fewshot doc_to_text)` + delimiter + answer) + `doc_to_text(doc)` + target delimiter, with
+    one continuation `target_delimiter + choice` per choice (`construct_requests`). So `doc_to_text` is wrapped to
+    perturb only the doc that `fewshot_context` is rendering (by identity): exemplars, description, delimiters and
+    choices stay as they are, and `process_results` (outside fewshot_context) sees the original text. The wrappers
+    are instance attributes shadowing the methods, removed on exit, so the objects score unperturbed again after.
+    """
+    patched = list(tasks)
+    for task in patched:
+        _wrap(task, seed, kinds)
+    try:
+        yield
+    finally:
+        for task in patched:
+            del task.fewshot_context, task.doc_to_text
+
+
+def _wrap(task: Any, seed: int, kinds: Sequence[str]) -> None:
+    if {"fewshot_context", "doc_to_text"} & set(vars(task)):
+        raise RuntimeError(f"{task.task_name}: its prompt methods are already wrapped")
+    render, text_of = task.fewshot_context, task.doc_to_text
+    rendering: list[Any] = [None]  # the test doc fewshot_context is rendering now
+
+    def fewshot_context(*args: Any, **kwargs: Any) -> Any:
+        rendering[0] = kwargs["doc"] if "doc" in kwargs else args[0]
+        try:
+            return render(*args, **kwargs)
+        finally:
+            rendering[0] = None
+
+    def doc_to_text(doc: Any, *args: Any, **kwargs: Any) -> Any:
+        text = text_of(doc, *args, **kwargs)
+        return pt.perturb(text, seed, kinds) if doc is rendering[0] and isinstance(text, str) else text
+
+    task.fewshot_context, task.doc_to_text = fewshot_context, doc_to_text
+
+
+def add_robustness(result: dict[str, dict[str, Any]], robust: Mapping[str, Mapping[str, Any]]) -> None:
+    """Every metric of the perturbed pass as `<metric>_robust` (with its stderr), and `robustness_drop` =
+    acc − acc_robust (no stderr here: the paired per-sample records give one)."""
+    for name, res in robust.items():
+        if name not in result:
+            continue
+        for metric, value in res["metrics"].items():
+            if isinstance(value, (int, float)):
+                higher = res["higher_is_better"].get(metric.partition(",")[0], True)
+                _put(result[name], robust_name(metric), value, res["stderr"].get(metric), higher)
+        if "acc" in res["metrics"] and "acc" in result[name]["metrics"]:
+            _put(result[name], "robustness_drop", result[name]["metrics"]["acc"] - res["metrics"]["acc"], None, False)
+
+
+def robust_name(metric: str) -> str:
+    """`acc` → `acc_robust`, `acc,flt` → `acc_robust,flt` (the filter stays last, as in every metric name)."""
+    base, comma, filt = metric.partition(",")
+    return f"{base}_robust{comma}{filt}"
+
+
+def robust_samples(samples: Mapping[str, list[dict[str, Any]]], leaves: Mapping[str, Any], seed: int,
+                   kinds: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """The perturbed pass's records under `<task>__robust`, each with the `perturbed_text` its prompt ended in
+    (recomputed: perturbations are pure), so the file shows what the model read."""
+    out = {}
+    for task, records in samples.items():
+        text_of = leaves[task].doc_to_text
+        out[f"{task}{ROBUST_SUFFIX}"] = [{**r, "perturbed_text": pt.perturb(text_of(r["doc"]), seed, kinds)}
+                                         for r in records]
+    return out
 
 
 # ---------------------------------------------------------------- results

@@ -53,7 +53,7 @@ def rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def markdown(summary: dict[str, Any], table: pd.DataFrame) -> str:
+def _fmt_table(table: pd.DataFrame) -> str:
     fmt = table.copy()
     for col in fmt.columns:
         if col.startswith("val_ppl"):
@@ -69,28 +69,128 @@ def markdown(summary: dict[str, Any], table: pd.DataFrame) -> str:
         elif col == "cost_vs_mixing":
             fmt[col] = fmt[col].map(lambda v: "" if v is None else f"{v:.2f}")
     header = "| " + " | ".join(fmt.columns) + " |\n|" + "---|" * len(fmt.columns) + "\n"
-    body = "".join("| " + " | ".join(str(v) for v in r) + " |\n" for r in fmt.itertuples(index=False))
-    dm, dem = summary["methods"]["data_mixing"], summary["methods"]["dem"]
+    return header + "".join("| " + " | ".join(str(v) for v in r) + " |\n" for r in fmt.itertuples(index=False))
+
+
+def _ci(d: dict[str, Any] | None, key: str = "value", digits: int = 3) -> str:
+    if not d:
+        return "n/a"
+    low, high = d.get("low"), d.get("high")
+    value = d.get(key, d.get("diff"))
+    sign = "+" if key == "diff" else ""
+    text = f"{value:{sign}.{digits}f}"
+    if low is None or high is None:
+        return text
+    return f"{text} [{low:{sign}.{digits}f}, {high:{sign}.{digits}f}]"
+
+
+def _p(p: float | None) -> str:
+    return "n/a" if p is None else ("< 0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def _p_eq(p: float | None) -> str:
+    """'p = 0.412' or 'p < 0.001', for sentences."""
+    text = _p(p)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
+
+
+def verdict(diff: dict[str, Any] | None, what: str) -> str:
+    """One sentence that does not over-claim: the difference, its CI and p, and 'not significant' when the CI
+    crosses zero."""
+    if not diff:
+        return f"{what}: no paired items."
+    crosses = diff["low"] is None or diff["high"] is None or diff["low"] <= 0 <= diff["high"]
+    judgement = "not significant at the 5% level (the CI crosses 0)" if crosses else (
+        "DEM better, significant at the 5% level" if diff["diff"] > 0 else "DEM worse, significant at the 5% level")
+    return f"{what}: {_ci(diff, 'diff')} (95% CI), {_p_eq(diff['p_value'])}: {judgement}."
+
+
+def headline_text(summary: dict[str, Any]) -> str:
+    """The report's first lines: DEM vs data mixing on quality (with CIs) and cost."""
+    methods = summary["methods"]
+    dm, dem = methods["data_mixing"], methods["dem"]
+    stats_ = summary.get("statistics") or {}
+    paired = (stats_.get("paired") or {}).get("dem - data_mixing") or {}
+    lines = [f"**{verdict(paired.get('mean'), 'DEM − data mixing, mean score over tasks')}**"
+             if paired else "**DEM − data mixing: no per-sample statistics in this summary.**"]
+    ppl = paired.get("val_log_ppl")
+    if ppl:
+        lines.append(f"Validation perplexity, DEM ÷ data mixing: {ppl['ratio']:.3g} [{ppl['ratio_low']:.3g}, "
+                     f"{ppl['ratio_high']:.3g}] (paired over validation blocks, {_p_eq(ppl['p_value'])}; below 1 "
+                     "favours DEM).")
+    train_ratio = summary.get("cost_ratio_train", dem["train_flops"] / dm["train_flops"])
+    total = summary.get("cost_ratio")
+    lines.append(f"Cost: DEM's training FLOPs are **{train_ratio:.3f}×** data mixing's ({dem['train_flops']:.3g} vs "
+                 f"{dm['train_flops']:.3g})" + (f"; {total:.3f}× counting selection compute (search and validation "
+                                                 "forward passes, proxies)" if "cost_ratio_train" in summary else "")
+                 + ".")
+    return "\n\n".join(lines)
+
+
+def _selection_line(name: str, m: dict[str, Any]) -> str:
+    sel = m["selected"]
+    weights = ", ".join(f"{k}={v:.3f}" for k, v in sel.get("weights", {}).items())
+    if "merge" in sel:
+        return (f"- `{name}`: merge `{sel['merge']}`, {sel.get('n_trials')} {sel.get('sampler')} trials; "
+                f"weights {weights}")
+    method = sel.get("method", "grid")
+    extra = f", {len(sel['grid'])} grid points" if "grid" in sel else ""
+    if method == "regmix":
+        extra = f", {sel.get('proxies')} proxies, held-out Spearman ρ {sel.get('held_out_spearman', float('nan')):.2f}"
+    return f"- `{name}` ({method}{extra}): mixture {weights}"
+
+
+def _score_table(summary: dict[str, Any]) -> str:
+    stats_ = (summary.get("statistics") or {}).get("scores") or {}
+    tasks = list(summary.get("headline_metrics", {}))
+    if not stats_ or not tasks:
+        return ""
+    header = "| model | " + " | ".join(f"{t} ({summary['headline_metrics'][t]})" for t in tasks) + " |\n"
+    header += "|---|" + "---|" * len(tasks) + "\n"
+    body = "".join("| " + name + " | " + " | ".join(_ci(stats_.get(name, {}).get(t)) for t in tasks) + " |\n"
+                   for name in summary["methods"] if name in stats_)
+    chance = summary.get("chance", {})
+    if chance:
+        body += "| chance | " + " | ".join(f"{chance[t]:.3f}" if t in chance else "" for t in tasks) + " |\n"
+    return "## Scores, 95% CI over items\n\n" + header + body + "\n"
+
+
+def _paired_table(summary: dict[str, Any]) -> str:
+    paired = (summary.get("statistics") or {}).get("paired") or {}
+    if not paired:
+        return ""
+    out = ["| comparison | task | difference [95% CI] | p (paired bootstrap) | p (McNemar) |", "|---|---|---|---|---|"]
+    for name, comp in paired.items():
+        for task, d in comp.get("tasks", {}).items():
+            out.append(f"| {name} | {task} | {_ci(d, 'diff')} | {_p(d['p_value'])} | {_p(d.get('mcnemar_p'))} |")
+        if comp.get("mean"):
+            out.append(f"| {name} | **mean over tasks** | {_ci(comp['mean'], 'diff')} | {_p(comp['mean']['p_value'])} "
+                       "| |")
+    return "## Paired differences against data mixing (same items)\n\n" + "\n".join(out) + "\n\n"
+
+
+def markdown(summary: dict[str, Any], table: pd.DataFrame) -> str:
+    methods = summary["methods"]
     chance = ", ".join(f"{t} {c:.3f}" for t, c in summary["chance"].items()) or "n/a (stock tasks)"
     versions = ", ".join(f"{t} v{v}" for t, v in summary["task_versions"].items())
+    method_note = (summary.get("statistics") or {}).get("method", "")
+    selections = "\n".join(_selection_line(n, m) for n, m in methods.items()
+                           if n == "data_mixing" or n.startswith(("dem", "mixing_")))
     return (
-        "# dem-bench comparison\n\n"
-        f"DEM's training FLOPs ÷ data mixing's: **{summary['cost_ratio']:.3f}** "
-        f"({dem['train_flops']:.3g} vs {dm['train_flops']:.3g}); pooled validation perplexity: "
-        f"DEM {dem['val_ppl']:.3g}, best mixture {dm['val_ppl']:.3g}.\n\n"
-        f"- Best mixture (of {len(dm['selected']['grid'])} grid points): {dm['selected']['weights']}\n"
-        f"- DEM weights ({dem['selected']['n_trials']} {dem['selected']['sampler']} trials, "
-        f"merge `{dem['selected']['merge']}`): "
-        + ", ".join(f"{k}={v:.3f}" for k, v in dem["selected"]["weights"].items()) + "\n"
+        "# dem-bench comparison\n\n" + headline_text(summary) + "\n\n" + selections + "\n"
+        f"- Selection metric: {summary.get('selection_metric', 'pooled_ppl')}\n"
         f"- Chance accuracy: {chance}\n- Task versions: {versions}\n"
         f"- Seed {summary['seed']}, git {summary['provenance']['git_commit']}, "
-        f"harness wall time {summary['wall_s']:.0f} s\n\n"
+        f"harness wall time {summary['wall_s']:.0f} s\n"
+        + (f"- Statistics: {method_note}\n" if method_note else "") + "\n"
+        + _score_table(summary) + _paired_table(summary)
+        + "## All models\n\n"
         "`val_ppl` pools the validation sets of all distributions; task columns show each task's headline metric "
         "(every metric is in summary.json); `mean_score` is their mean; `device_h` = device-hours of the arm's "
         "training on " + summary.get("runtime", {}).get("device", "?") + "; `cost_vs_mixing` "
-        "= train FLOPs ÷ the data-mixing arm's (all grid points); `base` is the shared starting point (its "
+        "= train FLOPs ÷ the data-mixing arm's (all its runs); `base` is the shared starting point (its "
         "pre-training is not counted).\n\n"
-        + header + body
+        + _fmt_table(table)
     )
 
 
@@ -111,6 +211,13 @@ def plot(table: pd.DataFrame) -> bytes:
     ax.set_ylabel("mean score over eval tasks (headline metric each)")
     ax.set_title("dem-bench: cost vs quality")
     ax.grid(alpha=0.3)
+    return png_bytes(fig)
+
+
+def png_bytes(fig: Any) -> bytes:
+    """A finished matplotlib figure as PNG bytes (closed): written atomically by the caller, with the rest."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
@@ -159,16 +266,36 @@ def write_report(summary: dict[str, Any], out_dir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`dem-bench-report RUN_DIR`: rebuild results.csv, report.md and cost_quality.png from summary.json."""
+    """`dem-bench-report RUN_DIR`: rebuild results.csv, report.md and cost_quality.png from RUN_DIR/summary.json.
+    `dem-bench-report SWEEP_DIR` (or several run folders): one aggregate table over the runs — mean ± 95% CI
+    across seeds, win/tie/loss of DEM vs mixing, cost — as aggregate.md/.csv/.tex and cost_quality.png."""
     parser = argparse.ArgumentParser(prog="dem-bench-report", description=main.__doc__)
-    parser.add_argument("run_dir", type=Path, help="a comparison's output folder (holds summary.json)")
+    parser.add_argument("paths", type=Path, nargs="+", metavar="FOLDER",
+                        help="a comparison's output folder (holds summary.json), a sweep folder, or several runs")
+    parser.add_argument("--out", type=Path, help="where the aggregate files go (default: the sweep folder)")
+    parser.add_argument("--wandb", choices=("disabled", "offline", "online"),
+                        help="log the aggregate table to W&B (default: the runs' tracking.mode)")
     args = parser.parse_args(argv)
-    path = args.run_dir / "summary.json"
+    if len(args.paths) == 1 and (args.paths[0] / "summary.json").exists():
+        _rebuild(args.paths[0])
+        return
+    from harness.aggregate import main_aggregate
+
+    try:
+        out = main_aggregate(args.paths, args.out, wandb_mode=args.wandb)
+    except (HarnessError, OSError) as err:
+        print(f"dem-bench-report: {' '.join(str(err).split())}", file=sys.stderr)
+        sys.exit(2)
+    print(f"dem-bench-report: wrote aggregate.md, aggregate.csv, aggregate.tex, cost_quality.png to {out}")
+
+
+def _rebuild(run_dir: Path) -> None:
+    path = run_dir / "summary.json"
     try:
         summary = json.loads(path.read_text())
         files = render(summary)
         for name, data in files.items():
-            write_atomic(args.run_dir / name, data)
+            write_atomic(run_dir / name, data)
     except SummaryError as err:
         print(f"dem-bench-report: cannot rebuild from {path}: {err}", file=sys.stderr)
         sys.exit(2)
@@ -176,4 +303,4 @@ def main(argv: list[str] | None = None) -> None:
         print(f"dem-bench-report: cannot rebuild from {path}: {type(err).__name__}: {' '.join(str(err).split())}",
               file=sys.stderr)
         sys.exit(2)
-    print(f"dem-bench-report: wrote report.md, results.csv, cost_quality.png to {args.run_dir.resolve()}")
+    print(f"dem-bench-report: wrote report.md, results.csv, cost_quality.png to {run_dir.resolve()}")

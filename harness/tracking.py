@@ -10,14 +10,18 @@ from typing import Any
 class Tracker:
     """One W&B run per comparison; every method is a no-op when tracking.mode is `disabled`."""
 
-    def __init__(self, mode: str, project: str, out_dir: Path, config: dict[str, Any]) -> None:
+    def __init__(self, mode: str, project: str, out_dir: Path, config: dict[str, Any], group: str | None = None,
+                 job_type: str | None = None) -> None:
+        """`group`/`job_type`: a sweep's jobs share one W&B group (the sweep folder's name); the job type says
+        which swept values this job ran (W&B caps it at 64 characters)."""
         self.run = None
         if mode == "disabled":
             return
         import wandb  # heavy import, only when tracking is on
 
         self._wandb = wandb
-        self.run = wandb.init(project=project, mode=mode, dir=str(out_dir), config=config,
+        self.run = wandb.init(project=project, mode=mode, dir=str(out_dir), config=config, group=group,
+                              job_type=job_type[:64] if job_type else None,
                               settings=wandb.Settings(console="off", silent=True))
 
     def log(self, metrics: dict[str, Any]) -> None:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 from omegaconf import OmegaConf
 
 from harness import evaluation as ev
+from harness import perturb as pt
+from harness import stats
 from harness.config import CONF_DIR, ConfigError
 from harness.data import bbh_object_counting, generate_splits
 from harness.mirror import MirrorError, hub_mirror
@@ -26,8 +30,14 @@ STOCK = {
     "openbookqa": ({"acc", "acc_norm"}, 1.0),
     "truthfulqa_mc1": ({"acc"}, 2.0),
 }
+MC = {t for t, (metrics, _) in STOCK.items() if "acc" in metrics}  # multiple choice: HELM-style metrics too
 LIMIT = 2
 SHORT = {"max_gen_toks": 4}
+
+
+def helm_metrics(metrics: set[str]) -> set[str]:
+    """What `evaluate(robustness=True)` adds to a multiple-choice task's metrics."""
+    return {"ece", "robustness_drop"} | {f"{m}_robust" for m in metrics}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +53,8 @@ def stock_run(micro_base, mirror_root: Path, tmp_path_factory: pytest.TempPathFa
 
     samples = tmp_path_factory.mktemp("samples")
     result = ev.evaluate(load_model(micro_base[0]), load_tokenizer(micro_base[0]), tasks=list(STOCK), limit=LIMIT,
-                         batch_size=4, gen_kwargs=OmegaConf.create(SHORT), samples_dir=samples, mirror=mirror_root)
+                         batch_size=4, gen_kwargs=OmegaConf.create(SHORT), samples_dir=samples, mirror=mirror_root,
+                         robustness=True)
     return result, samples
 
 
@@ -52,15 +63,19 @@ def test_every_stock_task_keeps_all_metrics_stderr_and_version(stock_run):
     assert set(result) == set(STOCK)
     for task, (metrics, version) in STOCK.items():
         res = result[task]
-        assert set(res["metrics"]) == metrics and set(res["stderr"]) == metrics, task
-        assert all(isinstance(v, float) for v in [*res["metrics"].values(), *res["stderr"].values()]), task
+        everything = metrics | helm_metrics(metrics) if task in MC else metrics
+        assert set(res["metrics"]) == everything and set(res["stderr"]) == everything, task
+        assert all(isinstance(v, float) for v in res["metrics"].values()), task
+        assert all(isinstance(res["stderr"][m], float) for m in metrics), task
         assert (res["version"], res["n"], res["group"], res["subtasks"]) == (version, LIMIT, False, [])
     assert result["bbh_fewshot_boolean_expressions"]["num_fewshot"] == 3  # the YAML's default
     assert result["mmlu_abstract_algebra"]["num_fewshot"] == 0
     flat = ev.flat_scores(result)
     assert {"mathqa/acc", "mathqa/acc_stderr", "mathqa/acc_norm", "mathqa/acc_norm_stderr",
             "bbh_fewshot_boolean_expressions/exact_match"} <= set(flat)
-    assert len(flat) == 2 * sum(len(m) for m, _ in STOCK.values())
+    stderrs = {f"{t}/{m}{s}" for t, (metrics, _) in STOCK.items() for m in metrics for s in ("", "_stderr")}
+    robust = {f"{t}/{m}_robust{s}" for t in MC for m in STOCK[t][0] for s in ("", "_stderr")}
+    assert set(flat) == stderrs | robust | {f"{t}/{m}" for t in MC for m in ("ece", "robustness_drop")}
 
 
 def test_per_sample_records_for_paired_statistics(stock_run):
@@ -73,6 +88,22 @@ def test_per_sample_records_for_paired_statistics(stock_run):
         assert mean == pytest.approx(result[task]["metrics"][sorted(metrics)[0]]), task
     mc = json.loads((samples / "openbookqa.jsonl").read_text().splitlines()[0])
     assert len(mc["filtered_resps"]) == 4  # one log-likelihood per choice
+
+
+def test_helm_metrics_for_stock_multiple_choice_tasks(stock_run):
+    """Stock MC tasks: `ece` equals the value recomputed from the per-sample JSONL; `acc_robust` is the mean of the
+    perturbed pass's records, whose prompts differ from the unperturbed ones for the same docs and targets."""
+    result, samples = stock_run
+    for task in MC:
+        metrics = result[task]["metrics"]
+        assert metrics["ece"] == recomputed_ece(samples / f"{task}.jsonl"), task
+        plain, robust = read_jsonl(samples / f"{task}.jsonl"), read_jsonl(samples / f"{task}__robust.jsonl")
+        assert [r["doc_hash"] for r in robust] == [r["doc_hash"] for r in plain], task
+        assert [r["target_hash"] for r in robust] == [r["target_hash"] for r in plain], task
+        assert all(a["prompt_hash"] != b["prompt_hash"] for a, b in zip(plain, robust, strict=True)), task
+        assert metrics["acc_robust"] == pytest.approx(sum(r["acc"] for r in robust) / LIMIT), task
+        assert metrics["robustness_drop"] == pytest.approx(metrics["acc"] - metrics["acc_robust"]), task
+    assert not (samples / "bbh_fewshot_boolean_expressions__robust.jsonl").exists()  # generation: no ece, no robust
 
 
 def test_generation_task_uses_gen_kwargs(stock_run, tokenizer):
@@ -100,8 +131,10 @@ def test_parity_with_lm_eval_on_the_saved_checkpoint(base_model, tokenizer, mirr
                                  bootstrap_iters=1000, log_samples=True)
     for task in tasks:
         theirs = {k: v for k, v in direct["results"][task].items() if "," in k}
-        mine = {lm_eval_key(m): v for m, v in ours[task]["metrics"].items()}
-        mine |= {lm_eval_key(m, "_stderr"): v for m, v in ours[task]["stderr"].items()}
+        extra = {"ece"} if "acc" in ours[task]["metrics"] else set()  # ours only: calibration, free for MC tasks
+        assert set(ours[task]["metrics"]) - {m.partition(",")[0] for m in theirs} == extra, task
+        mine = {lm_eval_key(m): v for m, v in ours[task]["metrics"].items() if m not in extra}
+        mine |= {lm_eval_key(m, "_stderr"): v for m, v in ours[task]["stderr"].items() if m not in extra}
         assert mine == theirs, task
         logged = [json.loads(line)["filtered_resps"] for line in (tmp_path / "samples" / f"{task}.jsonl").open()]
         expected = json.loads(json.dumps([s["filtered_resps"] for s in direct["samples"][task]],
@@ -204,7 +237,8 @@ def test_mirror_missing_many_files_counts_them(mirror_root: Path):
 
 
 def test_builtin_tasks_score_as_before(base_model, tokenizer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Built-in tasks: same scores as lm-eval reading the YAML folder itself; `<task>/acc` keys; no stock index."""
+    """Built-in tasks: same scores as lm-eval reading the YAML folder itself, with robustness on too; `<task>/acc`
+    keys; no stock index."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -213,13 +247,112 @@ def test_builtin_tasks_score_as_before(base_model, tokenizer, tmp_path: Path, mo
                  "bbh_object_counting": bbh_object_counting(0, 6)}
     ev.write_tasks(tmp_path, test_sets)
     monkeypatch.setattr(ev, "stock_manager", lambda: pytest.fail("built-in tasks alone must not index lm-eval"))
-    result = ev.evaluate(base_model, tokenizer, tasks=list(test_sets), task_dir=tmp_path, limit=5, batch_size=8)
+    result = ev.evaluate(base_model, tokenizer, tasks=list(test_sets), task_dir=tmp_path, limit=5, batch_size=8,
+                         robustness=True, samples_dir=tmp_path / "samples")
     lm = HFLM(pretrained=base_model, tokenizer=tokenizer, batch_size=8, device="cpu")
     old = simple_evaluate(model=lm, tasks=list(test_sets), limit=5, bootstrap_iters=1000,
                           task_manager=TaskManager(include_path=str(tmp_path), include_defaults=False))
-    assert ev.flat_scores(result) == {f"{t}/{m}": old["results"][t][f"{m},none"] for t in test_sets
-                                      for m in ("acc", "acc_stderr")}
+    flat = ev.flat_scores(result)
+    assert {k: v for k, v in flat.items() if k.endswith(("/acc", "/acc_stderr"))} == {
+        f"{t}/{m}": old["results"][t][f"{m},none"] for t in test_sets for m in ("acc", "acc_stderr")}
+    assert set(flat) == {f"{t}/{m}" for t in test_sets for m in ("acc", "acc_stderr", "ece", "acc_robust",
+                                                                 "acc_robust_stderr", "robustness_drop")}
     assert all(result[t]["version"] == ev.TASK_VERSION and result[t]["n"] == 5 for t in test_sets)
+    for task in test_sets:
+        assert result[task]["metrics"]["ece"] == recomputed_ece(tmp_path / "samples" / f"{task}.jsonl")
+        robust = read_jsonl(tmp_path / "samples" / f"{task}__robust.jsonl")
+        assert result[task]["metrics"]["acc_robust"] == pytest.approx(sum(r["acc"] for r in robust) / 5)
+        drop = flat[f"{task}/acc"] - flat[f"{task}/acc_robust"]
+        assert result[task]["metrics"]["robustness_drop"] == pytest.approx(drop)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def recomputed_ece(path: Path) -> float:
+    """ECE from a per-sample JSONL alone: raw choice log-likelihoods and the target index, via harness.stats."""
+    rows = read_jsonl(path)
+    confidence, correct = stats.choice_confidence([[r[0] for r in row["filtered_resps"]] for row in rows],
+                                                  [row["target"] for row in rows])
+    return stats.expected_calibration_error(confidence, correct, n_bins=10)
+
+
+def test_every_model_reads_the_same_perturbed_prompts(base_model, tokenizer, tmp_path: Path):
+    """Perturbations depend on (seed, prompt) only: a different model sees byte-identical perturbed prompts (same
+    prompt hashes), which differ from the unperturbed ones; the choices and targets are left alone."""
+    import torch
+
+    ev.write_tasks(tmp_path / "tasks", {"sni_mc": generate_splits("sni", 0, 4, 1, 4).test})
+    other = type(base_model)(base_model.config).eval()
+    torch.manual_seed(0)
+    other.load_state_dict({k: v + 0.01 * torch.randn_like(v) for k, v in base_model.state_dict().items()})
+    runs = []
+    for i, model in enumerate([base_model, other]):
+        ev.evaluate(model, tokenizer, tasks=["sni_mc"], task_dir=tmp_path / "tasks", batch_size=8, robustness=True,
+                    samples_dir=tmp_path / f"s{i}")
+        runs.append((read_jsonl(tmp_path / f"s{i}/sni_mc.jsonl"), read_jsonl(tmp_path / f"s{i}/sni_mc__robust.jsonl")))
+    (plain_a, robust_a), (_, robust_b) = runs
+    assert [r["prompt_hash"] for r in robust_a] == [r["prompt_hash"] for r in robust_b]
+    assert [r["perturbed_text"] for r in robust_a] == [r["perturbed_text"] for r in robust_b]
+    assert robust_a[0]["filtered_resps"] != robust_b[0]["filtered_resps"]  # two models indeed
+    for plain, robust in zip(plain_a, robust_a, strict=True):
+        assert robust["prompt_hash"] != plain["prompt_hash"] and robust["doc"] == plain["doc"]
+        assert robust["perturbed_text"] == pt.perturb(plain["doc"]["context"], 0) != plain["doc"]["context"]
+        assert (robust["target_hash"], len(robust["filtered_resps"])) == (plain["target_hash"],
+                                                                          len(plain["doc"]["choices"]))
+
+
+def test_perturbation_reaches_the_test_doc_only(mirror_root: Path):
+    """lm-eval's requests for a 2-shot MC task: under `perturbed_prompts` the context is the same exemplars followed
+    by the perturbed test question, the continuations (choices) are unchanged, and unwrapping restores the original."""
+    with hub_mirror(mirror_root):
+        task = ev.stock_manager().load(["mmlu_abstract_algebra"])["tasks"]["mmlu_abstract_algebra"]
+    task.set_config(key="num_fewshot", value=2)
+
+    def requests() -> list[tuple[str, str]]:
+        task.set_fewshot_seed(1234)
+        task.build_all_requests(limit=2)
+        return [inst.args for inst in task.instances]
+
+    before = requests()
+    with ev.perturbed_prompts([task], seed=0, kinds=pt.KINDS):
+        during = requests()
+    assert requests() == before
+    docs = list(task.test_docs())[:2]
+    assert len(before) == len(during) == 8  # 2 docs x 4 choices
+    for (ctx, cont), (pctx, pcont), doc in zip(before, during, [d for d in docs for _ in range(4)], strict=True):
+        text = task.doc_to_text(doc)
+        exemplars = ctx.removesuffix(text)
+        assert cont == pcont and exemplars != ctx and exemplars.count("Answer:") == 2
+        assert pctx == exemplars + pt.perturb(text, 0) != ctx
+
+
+def fake_mc_task(name: str) -> SimpleNamespace:
+    return SimpleNamespace(task_name=name, OUTPUT_TYPE="multiple_choice", multiple_input=0)
+
+
+def record(lls: list[float], target: int, acc: float) -> dict:
+    return {"filtered_resps": [[ll, False] for ll in lls], "target": target, "acc": acc, "filter": "none"}
+
+
+def test_ece_by_hand_and_pooled_over_a_group():
+    """Confidences 0.5 (right), 0.75 (wrong), 0.65 (right) land in three bins: gaps 0.5, 0.75, 0.35. Leaf a:
+    ECE 0.5; leaf b: (0.75 + 0.35) / 2; the group pools all three items: 1.6 / 3 (not the mean of its leaves).
+    A task whose `acc` is not argmax correctness (truthfulqa_mc2's is a probability) gets none, nor its group."""
+    samples = {"a": [record([0.0, 0.0], 0, 1.0)],
+               "b": [record([math.log(3), 0.0], 1, 0.0), record([0.0, math.log(13 / 7)], 1, 1.0)],
+               "c": [record([0.0, 1.0], 1, 0.73)]}
+    result = {name: {"metrics": {}, "stderr": {}, "higher_is_better": {}, "group": False, "subtasks": []}
+              for name in samples}
+    result["g"] = {"metrics": {}, "stderr": {}, "higher_is_better": {}, "group": True, "subtasks": ["a", "b"]}
+    result["all"] = {"metrics": {}, "stderr": {}, "higher_is_better": {}, "group": True, "subtasks": ["g", "c"]}
+    ev.add_calibration(result, samples, {name: fake_mc_task(name) for name in samples})
+    assert result["a"]["metrics"]["ece"] == pytest.approx(0.5)
+    assert result["b"]["metrics"]["ece"] == pytest.approx(0.55)
+    assert result["g"]["metrics"]["ece"] == pytest.approx(1.6 / 3)
+    assert "ece" not in result["c"]["metrics"] and "ece" not in result["all"]["metrics"]
+    assert (result["g"]["stderr"]["ece"], result["g"]["higher_is_better"]["ece"]) == (None, False)
 
 
 @pytest.mark.parametrize("preset", ["paper", "helm"])
