@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import re
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from harness.config import CONF_DIR, GROUPS, ConfigError, check_presets, did_you_mean, known_keys, validate
+from harness.errors import HarnessError
 
 log = logging.getLogger("harness")
 MULTIRUN = ("-m", "--multirun")
+SWEPT_KEYS = "DEM_BENCH_SWEPT_KEYS"
 INFO_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "--version", "--shell-completion", "-sc")
 
 
@@ -67,11 +71,27 @@ def _suggest_key(message: str, overrides: list[str]) -> str:
     return f"unknown key '{key}'.{hint}" if hint else ""
 
 
-def precheck(overrides: list[str]) -> None:
+def precheck(overrides: list[str]) -> DictConfig:
     """Compose, validate and preflight one job's config, so bad input fails in a second, not after training."""
     from harness.preflight import preflight
 
-    preflight(validate(compose_config(overrides)))
+    cfg = validate(compose_config(overrides))
+    preflight(cfg)
+    return cfg
+
+
+def print_plan(cfg: DictConfig) -> None:
+    """`plan_only=true`: the plan — every run each arm needs, cached or not, with its estimated cost — printed
+    before Hydra creates any folder; nothing is written to the cache or the output folder."""
+    from harness.arms import make_arm
+    from harness.cache import RunCache
+    from harness.mirror import hub_mirror
+    from harness.pipeline import load_data, make_context, plan_text
+
+    with hub_mirror(cfg.hub_mirror):
+        splits = load_data(cfg)
+        ctx = make_context(cfg, RunCache(cfg.cache_dir), Path(cfg.output_dir), splits, build=False)
+        print(plan_text(ctx, [make_arm(name, cfg) for name in cfg.arms], done={}))
 
 
 def sweep_jobs(overrides: list[str]) -> list[tuple[list[str], str]]:
@@ -96,17 +116,30 @@ def sweep_jobs(overrides: list[str]) -> list[tuple[list[str], str]]:
     return [(list(job), " ".join(job[i] for i in swept)) for job in itertools.product(*axes)]
 
 
+def swept_keys(overrides: list[str]) -> set[str]:
+    """The keys a `-m` sweep varies (`seed=0,1,2` → {"seed"})."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return {o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()}
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def app(cfg: DictConfig) -> None:
     try:
         cfg = validate(cfg)
     except ConfigError as err:
         _fail(str(err))
-    from harness.errors import HarnessError  # heavy imports (torch, transformers) only past validation
-    from harness.pipeline import run_comparison
+    from harness.pipeline import run_comparison  # heavy imports (torch, transformers) only past validation
 
+    hydra_cfg = HydraConfig.get()
+    sweep = None
+    if hydra_cfg.mode == RunMode.MULTIRUN:  # one W&B group per sweep; the job type names its swept values
+        swept = set(os.environ.get(SWEPT_KEYS, "").split(","))
+        values = [o for o in hydra_cfg.overrides.task if o.partition("=")[0].lstrip("+~") in swept]
+        sweep = {"group": Path(hydra_cfg.sweep.dir).name, "job_type": ",".join(values) or f"job{hydra_cfg.job.num}"}
     try:
-        out = run_comparison(cfg, Path(HydraConfig.get().runtime.output_dir))
+        out = run_comparison(cfg, Path(hydra_cfg.runtime.output_dir), sweep)
     except HarnessError as err:
         _fail(str(err))
     log.info("report: %s", out / "report.md")
@@ -121,14 +154,18 @@ def main() -> None:
             check_presets(overrides)  # --help, --cfg …: nothing runs
         elif any(a in MULTIRUN for a in args):
             jobs = sweep_jobs(overrides)
+            os.environ[SWEPT_KEYS] = ",".join(sorted(swept_keys(overrides)))  # read by each job (W&B job type)
             for k, (job, swept) in enumerate(jobs):  # every job, before the first starts or any folder exists
                 try:
                     precheck(job)
                 except ConfigError as err:
                     raise ConfigError(f"sweep job {k + 1} of {len(jobs)} ({swept}): {err}") from None
         else:
-            precheck(overrides)
-    except ConfigError as err:
+            cfg = precheck(overrides)
+            if cfg.plan_only:
+                print_plan(cfg)
+                return
+    except HarnessError as err:
         _fail(str(err))
     app()
 

@@ -1,9 +1,10 @@
 """The base model θ₀ of a comparison, from its source: built and pre-trained here (`tiny`), converted once from a
-GGUF (`smollm2`), or located on the hub or disk (`hf`). Every run of both arms starts from it, and its key — a
+GGUF (`smollm2`), or located on the hub or disk (`hf`). Every run of every arm starts from it, and its key — a
 hash of what determines it, or of the checkpoint's bytes for `hf` — is part of every downstream cache key."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,15 +14,14 @@ from omegaconf import DictConfig, OmegaConf
 from harness.cache import RunCache, spec_key
 from harness.data import GENERATORS, generate_splits, generic_corpus
 from harness.models import LoadOptions, Runtime, convert_smollm2, fingerprint_folder, locate_hf, smollm2_gguf
-from harness.training import pretrain
+from harness.runs import DATA_VERSION
 
-DATA_VERSION = 2  # bump when a generator's output changes (or one is added: the tiny tokenizer sees them all)
 TOKENIZER_SAMPLES = 500  # examples of every built-in generator the tiny tokenizer also sees
 
 
 @dataclass(frozen=True)
 class Base:
-    path: Path  # a folder from_pretrained loads: model + tokenizer
+    path: Path  # a folder from_pretrained loads: model + tokenizer (for a cached base: once it is built)
     key: str
     record: dict[str, Any]
     hit: bool
@@ -32,36 +32,45 @@ def load_options(model_cfg: DictConfig) -> LoadOptions:
                        use_fast_tokenizer=model_cfg.use_fast_tokenizer)
 
 
-def prepare_base(cfg: DictConfig, cache: RunCache, runtime: Runtime) -> Base:
-    """θ₀ for `cfg.model`, built or converted through the cache (once), or located and fingerprinted (hf)."""
-    source, seed = cfg.model.source, cfg.seed
-    if source == "tiny":
-        arch = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items()
-                if k not in ("device", "dtype", "gradient_checkpointing")}
+def runtime_spec(runtime: Runtime) -> dict[str, str]:
+    """What of the runtime changes a trained result's numbers: the device kind and the dtype."""
+    return {"device_type": runtime.device.type, "dtype": str(runtime.dtype).removeprefix("torch.")}
 
-        def build(folder: Path) -> dict[str, Any]:
-            # The tokenizer sees every built-in generator, not just the configured ones, so adding a
-            # distribution never changes the base.
-            corpus = generic_corpus(seed, cfg.model.generic_docs)
-            samples = [e.text for n in GENERATORS for e in generate_splits(n, seed + 1, TOKENIZER_SAMPLES, 1, 1).train]
-            return {"source": "tiny", **pretrain(folder, cfg.model, corpus + samples, corpus, seed, runtime=runtime)}
 
-        spec = {"model": arch, "seed": seed, "data_version": DATA_VERSION, **runtime_spec(runtime)}
-        entry = cache.get_or_create("base", spec, build, "base")
-        return Base(entry.path, entry.record["key"], entry.record, entry.hit)
-    if source == "smollm2":
+def _built(cfg: DictConfig, runtime: Runtime) -> tuple[dict[str, Any], Callable[[Path], dict[str, Any]], str]:
+    """(cache spec, builder, label) of a base this harness makes: tiny (built) or smollm2 (converted)."""
+    if cfg.model.source == "smollm2":
         gguf = smollm2_gguf()
-        spec = {"source": "smollm2", "gguf": gguf.name, "gguf_bytes": gguf.stat().st_size}
-        entry = cache.get_or_create("base", spec, convert_smollm2, "base (SmolLM2 from GGUF)")
+        return ({"source": "smollm2", "gguf": gguf.name, "gguf_bytes": gguf.stat().st_size}, convert_smollm2,
+                "base (SmolLM2 from GGUF)")
+    seed = cfg.seeds.train  # the tiny base's corpus, tokenizer, init and pre-training follow the training seed
+    arch = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items()
+            if k not in ("device", "dtype", "gradient_checkpointing")}
+
+    def build(folder: Path) -> dict[str, Any]:
+        from harness.training import pretrain  # heavy: transformers' Trainer
+
+        # The tokenizer sees every built-in generator, not just the configured ones, so adding a distribution
+        # never changes the base.
+        corpus = generic_corpus(seed, cfg.model.generic_docs)
+        samples = [e.text for n in GENERATORS for e in generate_splits(n, seed + 1, TOKENIZER_SAMPLES, 1, 1).train]
+        return {"source": "tiny", **pretrain(folder, cfg.model, corpus + samples, corpus, seed, runtime=runtime)}
+
+    return {"model": arch, "seed": seed, "data_version": DATA_VERSION, **runtime_spec(runtime)}, build, "base"
+
+
+def prepare_base(cfg: DictConfig, cache: RunCache, runtime: Runtime, build: bool = True) -> Base:
+    """θ₀ for `cfg.model`: built or converted through the cache once (`build=False`: only its key and folder, for
+    a plan that must write nothing), or located and fingerprinted (hf)."""
+    if cfg.model.source in ("tiny", "smollm2"):
+        spec, builder, label = _built(cfg, runtime)
+        if not build:
+            key = spec_key("base", spec)
+            return Base(cache.root / "base" / key, key, {"source": cfg.model.source}, cache.has("base", spec))
+        entry = cache.get_or_create("base", spec, builder, label)
         return Base(entry.path, entry.record["key"], entry.record, entry.hit)
-    options = load_options(cfg.model)
-    folder = locate_hf(cfg.model.name_or_path, cfg.model.revision, options)
+    folder = locate_hf(cfg.model.name_or_path, cfg.model.revision, load_options(cfg.model))
     fingerprint = fingerprint_folder(folder)
     record = {"source": "hf", "name_or_path": cfg.model.name_or_path, "revision": cfg.model.revision,
               "folder": str(folder), "fingerprint": fingerprint, "train_tokens": 0}
     return Base(folder, spec_key("base", {"source": "hf", "fingerprint": fingerprint}), record, hit=True)
-
-
-def runtime_spec(runtime: Runtime) -> dict[str, str]:
-    """What of the runtime changes a trained result's numbers: the device kind and the dtype."""
-    return {"device_type": runtime.device.type, "dtype": str(runtime.dtype).removeprefix("torch.")}

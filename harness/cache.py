@@ -86,6 +86,11 @@ class RunCache:
         self.root = Path(root).resolve()
         self._verified: dict[Path, dict[str, Any]] = {}  # entries checked by this process: hashed once per run
 
+    def get(self, kind: str, key: str) -> Entry | None:
+        """A finished entry by key, verified (None if absent or corrupt): how a job reads what another wrote."""
+        record = self._finished(kind, key)
+        return Entry(self.root / kind / key, record, hit=True) if record is not None else None
+
     def has(self, kind: str, spec: dict[str, Any]) -> bool:
         """Whether a finished entry exists (for the plan; get_or_create verifies before it uses one)."""
         return (self.root / kind / spec_key(kind, spec) / RECORD).exists()

@@ -11,16 +11,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, SI, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from harness.errors import HarnessError
 from harness.sources import SourceConfig, check_source
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-GROUPS = ("model", "data", "budget", "mixing", "dem", "eval", "tracking")
+GROUPS = ("model", "data", "budget", "mixing", "dem", "eval", "tracking", "executor")
 SAMPLERS = ("tpe", "random", "cmaes", "qmc", "gp", "grid")
 MODEL_SOURCES = ("tiny", "hf", "smollm2")
+EXECUTORS = ("local", "submitit_local", "slurm")
 TINY_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "max_seq_len",
              "pretrain_tokens", "pretrain_lr", "pretrain_seq_len", "pretrain_batch_size", "generic_docs")
 DEVICES = ("auto", "cpu", "cuda")
@@ -78,11 +79,22 @@ class BudgetConfig:
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
     grad_accum_steps: int = 1  # effective batch = batch_size x grad_accum_steps x processes (recorded per run)
+    mode: str = "per_run"  # per_run: every full run gets train_tokens | matched_total: each mixing method's runs
+    # are scaled so its total training FLOPs equal the DEM arm's
 
 
 @dataclass
 class MixingConfig:
-    grid_step: float = MISSING  # simplex grid spacing; 1/grid_step must be a whole number
+    method: str = "grid"  # the `data_mixing` row: grid | regmix | uniform | proportional | temperature
+    compare: list[str] = field(default_factory=list)  # more methods, each a row `mixing_<method>`
+    grid_step: float = 0.5  # grid: simplex spacing; 1/grid_step must be a whole number
+    mixtures: list[dict[str, float]] | None = None  # grid: an explicit list of mixtures instead of the simplex grid
+    temperature: float = 2.0  # temperature: p_i ∝ size_i^(1/τ) (τ = 1 proportional, large τ uniform)
+    proxies: int = 12  # regmix: K short proxy runs (at least one more than the number of distributions)
+    proxy_tokens: int = 16384  # regmix: training tokens of each proxy run
+    dirichlet_alpha: float = 1.0  # regmix: proxies and candidates sample mixtures from Dirichlet(α)
+    candidates: int = 100_000  # regmix: simulated mixtures scored by the regression
+    top_k: int = 100  # regmix: the predicted-best mixtures averaged into the one trained
 
 
 @dataclass
@@ -107,8 +119,18 @@ class DemConfig:
     grid_points: int = 5  # values per searched axis when sampler=grid
     prune_fraction: float = 0.0  # > 0: score this slice of the validation tokens first; the pruner may stop there
     storage: str = "journal"  # journal (cache_dir, resumable) | memory | sqlite (output folder) | an RDB URL
+    search_workers: int = 1  # > 1: processes sharing the study (not storage=memory): faster, not bitwise reproducible
     vector_dtype: str = "auto"  # auto (the model's dtype) | float32 | bfloat16 — Δ is computed in fp32, then cast
     vectors_on: str = "device"  # device: vectors live beside the model | cpu: kept in host memory, streamed per tensor
+
+
+@dataclass
+class HelmConfig:
+    """HELM-style metrics beside accuracy for multiple-choice tasks; calibration (ECE, 10 bins) is always on."""
+
+    robustness: bool = True  # a second MC pass on perturbed prompts: acc_robust, robustness_drop (~2x MC scoring)
+    perturbations: list[str] = field(default_factory=lambda: ["typos", "case", "whitespace"])
+    seed: int = 0  # fixed, not ${seed}: every run of a sweep sees the same perturbed prompts
 
 
 @dataclass
@@ -118,12 +140,46 @@ class EvalConfig:
     limit: int | None = None  # docs per task; None = the whole test split
     batch_size: int = 32
     gen_kwargs: Any = None  # generation tasks: a dict passed to lm-eval, e.g. {max_gen_toks: 64}
+    helm: HelmConfig = field(default_factory=HelmConfig)
 
 
 @dataclass
 class TrackingConfig:
     mode: str = "offline"
     project: str = "dem-bench"
+
+
+@dataclass
+class SelectionConfig:
+    metric: str = "pooled_ppl"  # pooled_ppl (token-weighted) | mean_log_ppl (each distribution counts equally)
+
+
+@dataclass
+class SeedsConfig:
+    """What each seed controls; all default to the top-level `seed`, so `seed=1` changes everything and
+    `seeds.train=1` only the fine-tuning randomness."""
+
+    data: int = SI("${seed}")  # built-in generators, train/val draws from real sources, built-in eval items
+    train: int = SI("${seed}")  # fine-tuning (mixture order, Trainer init/shuffle) and the tiny base model's build
+    search: int = SI("${seed}")  # the coefficient search: Optuna's samplers, DARE/DELLA random drops
+
+
+@dataclass
+class ExecutorConfig:
+    name: str = "local"  # local (this process) | submitit_local (jobs on this machine) | slurm (submitit jobs)
+    max_parallel: int = 1  # runs at once (submitit executors)
+    threads_per_run: int | None = None  # torch threads per run; None = the cores / max_parallel
+    nproc_per_node: int = 1  # > 1: each run data-parallel over this many processes (torchrun, DDP via Trainer)
+    folder: str = "${cache_dir}/submitit"  # submitit's job logs
+    timeout_min: int = 240
+    cpus_per_task: int = 2
+    poll_s: float = 1.0
+    partition: str | None = None  # SLURM only from here on
+    gpus_per_node: int = 0
+    mem_gb: int = 16
+    account: str | None = None
+    qos: str | None = None
+    additional_parameters: Any = None  # a dict of any other sbatch option; Any: an override dict replaces None
 
 
 @dataclass
@@ -135,7 +191,12 @@ class Config:
     dem: DemConfig = field(default_factory=DemConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    arms: list[str] = field(default_factory=lambda: ["data_mixing", "dem"])  # compared, in report order
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    plan_only: bool = False  # print the plan (every run, cached or not, estimated cost) and exit: writes nothing
     seed: int = 0
+    seeds: SeedsConfig = field(default_factory=SeedsConfig)
     output_dir: str = MISSING
     cache_dir: str = MISSING
     hub_mirror: str | None = None  # a folder serving every hub dataset (training sources and lm-eval tasks) offline
@@ -250,9 +311,17 @@ def validate(cfg: DictConfig) -> DictConfig:
     need(c.budget.lr > 0, "budget.lr", "must be > 0")
     need(0 <= c.budget.warmup_ratio < 1, "budget.warmup_ratio", "must be in [0, 1)")
 
-    step = c.mixing.grid_step
-    need(0 < step <= 1 and abs(1 / step - round(1 / step)) < 1e-9, "mixing.grid_step",
-         "must divide 1 into a whole number of steps (e.g. 1, 0.5, 0.25, 0.2, 0.1)")
+    problems += _check_mixing(c)
+    e = c.executor
+    need(e.name in EXECUTORS, "executor.name", one_of(EXECUTORS, e.name))
+    need(e.max_parallel >= 1, "executor.max_parallel", "must be >= 1")
+    need(e.nproc_per_node >= 1, "executor.nproc_per_node", "must be >= 1")
+    need(e.threads_per_run is None or e.threads_per_run >= 1, "executor.threads_per_run", "must be null or >= 1")
+    if e.nproc_per_node > 1:
+        need(c.budget.batch_size % e.nproc_per_node == 0, "budget.batch_size",
+             f"must divide over executor.nproc_per_node={e.nproc_per_node} processes (the global batch is kept)")
+    if e.name == "slurm":
+        need(bool(e.partition), "executor.partition", "the SLURM partition to submit to (executor=slurm)")
 
     problems += _check_strategy(c)
     need(c.dem.n_trials >= 1, "dem.n_trials", "must be >= 1")
@@ -264,6 +333,9 @@ def validate(cfg: DictConfig) -> DictConfig:
     need(0 <= c.dem.prune_fraction < 1, "dem.prune_fraction", "must be in [0, 1)")
     need(c.dem.storage in ("journal", "memory", "sqlite") or "://" in c.dem.storage, "dem.storage",
          "allowed: journal, memory, sqlite, or an RDB URL such as postgresql://host/db")
+    need(c.dem.search_workers >= 1, "dem.search_workers", "must be >= 1")
+    need(c.dem.search_workers == 1 or c.dem.storage != "memory", "dem.search_workers",
+         "workers cannot share dem.storage=memory; use journal, sqlite or an RDB URL")
     need(c.dem.vector_dtype in DTYPES, "dem.vector_dtype", one_of(DTYPES, c.dem.vector_dtype))
     need(c.dem.vectors_on in ("device", "cpu"), "dem.vectors_on", one_of(("device", "cpu"), c.dem.vectors_on))
     need(len(c.eval.tasks) > 0, "eval.tasks", "a non-empty list of built-in or lm-eval task names")
@@ -273,7 +345,8 @@ def validate(cfg: DictConfig) -> DictConfig:
         from harness.evaluation import check_eval  # local: evaluation imports this module
 
         try:
-            check_eval(list(c.eval.tasks), plain(c.eval.num_fewshot), c.hub_mirror)
+            check_eval(list(c.eval.tasks), plain(c.eval.num_fewshot), c.hub_mirror,
+                       perturbations=list(c.eval.helm.perturbations) if c.eval.helm.robustness else None)
         except ConfigError as err:
             problems.append(str(err))
     need(c.eval.limit is None or c.eval.limit > 0, "eval.limit", "must be null or a positive integer")
@@ -283,6 +356,64 @@ def validate(cfg: DictConfig) -> DictConfig:
     if problems:
         raise ConfigError("; ".join(problems))
     return c
+
+
+MIXING_METHODS = ("grid", "regmix", "uniform", "proportional", "temperature")
+
+
+def _check_mixing(c: DictConfig) -> list[str]:
+    """Arms, mixing methods and budget mode: everything a baseline needs, before any training."""
+    from harness.arms import ARMS as registered
+    from harness.arms import _load_builtin_arms
+
+    _load_builtin_arms()
+    problems = []
+    m, names = c.mixing, list(c.data.distributions)
+    for arm in c.arms:
+        if arm not in registered:
+            problems.append(f"arms: unknown arm '{arm}'.{did_you_mean(arm, sorted(registered))} "
+                            f"Available: {', '.join(sorted(registered))}")
+    if len(set(c.arms)) != len(c.arms) or not c.arms:
+        problems.append(f"arms={list(c.arms)}: a non-empty list of distinct arms")
+    methods = [m.method, *m.compare]
+    for method in methods:
+        if method not in MIXING_METHODS:
+            problems.append(f"mixing.method: unknown method '{method}'.{did_you_mean(method, MIXING_METHODS)} "
+                            f"Available: {', '.join(MIXING_METHODS)}")
+    if len(set(methods)) != len(methods):
+        problems.append("mixing.compare: each method at most once, and not the main mixing.method again")
+    step = m.grid_step
+    if not (0 < step <= 1 and abs(1 / step - round(1 / step)) < 1e-9):
+        problems.append(f"mixing.grid_step={step}: must divide 1 into a whole number of steps (e.g. 1, 0.5, 0.25, "
+                        "0.2, 0.1)")
+    for i, mixture in enumerate(m.mixtures or []):
+        if set(mixture) - set(names) or not any(v > 0 for v in mixture.values()) or min(mixture.values()) < 0:
+            problems.append(f"mixing.mixtures[{i}]={dict(mixture)}: non-negative weights over "
+                            f"{', '.join(names)}, at least one positive")
+    if m.temperature <= 0:
+        problems.append(f"mixing.temperature={m.temperature}: must be > 0")
+    if "regmix" in methods:
+        if m.proxies < len(names) + 1:
+            problems.append(f"mixing.proxies={m.proxies}: RegMix needs at least one more proxy run than there are "
+                            f"distributions ({len(names) + 1})")
+        if m.proxy_tokens < c.budget.seq_len * c.budget.batch_size * c.budget.grad_accum_steps:
+            problems.append(f"mixing.proxy_tokens={m.proxy_tokens}: must be at least one optimizer step")
+        if m.proxy_tokens > c.budget.train_tokens:
+            problems.append(f"mixing.proxy_tokens={m.proxy_tokens}: a proxy run must not be larger than a full run "
+                            f"(budget.train_tokens={c.budget.train_tokens})")
+        if c.budget.mode == "matched_total" and m.proxies * m.proxy_tokens >= len(names) * c.budget.train_tokens:
+            problems.append(f"mixing.proxies x proxy_tokens = {m.proxies * m.proxy_tokens}: leaves no budget for "
+                            "RegMix's full run under budget.mode=matched_total")
+        if m.candidates < m.top_k or m.top_k < 1:
+            problems.append(f"mixing.top_k={m.top_k}: must be in [1, mixing.candidates={m.candidates}]")
+    if m.dirichlet_alpha <= 0:
+        problems.append(f"mixing.dirichlet_alpha={m.dirichlet_alpha}: must be > 0")
+    if c.budget.mode not in ("per_run", "matched_total"):
+        problems.append(f"budget.mode={c.budget.mode}: {one_of(('per_run', 'matched_total'), c.budget.mode)}")
+    if c.selection.metric not in ("pooled_ppl", "mean_log_ppl"):
+        problems.append(f"selection.metric={c.selection.metric}: "
+                        f"{one_of(('pooled_ppl', 'mean_log_ppl'), c.selection.metric)}")
+    return problems
 
 
 def _check_mirrored_source(name: str, source: SourceConfig, mirror: Path) -> list[str]:

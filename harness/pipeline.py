@@ -1,31 +1,28 @@
-"""The comparison, top to bottom: data mixing vs DEM under the same per-run token budget.
+"""The comparison, top to bottom: the arms named in `arms` (data mixing, DEM, …) under one compute budget.
 
-config → data → base model → plan runs → train (through the run cache) → mixing arm picks its best grid
-point by validation perplexity → DEM arm builds vectors and searches merge weights by validation perplexity →
-lm-eval on every model → cost + quality → report.
+config → data → base model → every arm plans its training runs (the plan is printed) → the runs are trained
+through the locked run cache → each arm selects its model(s) → lm-eval on every model (and the base and each
+single-distribution fine-tune) → statistics, cost and quality → report.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
-from transformers import AutoConfig
+from transformers import AutoConfig, LlamaConfig
 
-from baselines.grid import simplex_grid
-from dem.merge import get_strategy, load_strategy_file
-from dem.search import MergeSession, search_weights, storage_for
-from dem.vectors import distribution_vector, load_vectors, save_vector
-from harness import provenance
-from harness.base import DATA_VERSION, load_options, prepare_base, runtime_spec
+from harness import cost, provenance
+from harness.arms import Arm, Candidate, Context, Planned, log_ppl_score, make_arm
+from harness.base import load_options, prepare_base, runtime_spec
 from harness.cache import Entry, RunCache, spec_key
-from harness.config import plain, strategy_params
+from harness.config import plain
 from harness.data import bbh_object_counting, generate_splits
 from harness.evaluation import (
     TASK_VERSION,
@@ -37,17 +34,91 @@ from harness.evaluation import (
     mirror_fingerprint,
     write_tasks,
 )
+from harness.executor import make_executor
 from harness.mirror import hub_mirror
-from harness.models import DTYPES, Runtime, copy_params, load_model, load_tokenizer, resolve_runtime
+from harness.models import DTYPES, load_model, load_tokenizer, resolve_runtime
 from harness.perplexity import perplexity
-from harness.plan import describe, resources
-from harness.report import rows, write_atomic, write_report
-from harness.sources import SourceConfig, load_distribution
+from harness.perturb import VERSION as PERTURB_VERSION
+from harness.plan import Row, describe, measured_flops_per_second, resources, run_table
+from harness.report import rows, write_report
+from harness.runs import DATA_VERSION, POOL_VERSION, RunSpec, normalise, store_pools
+from harness.significance import statistics
+from harness.sources import Distribution, SourceConfig, load_distribution
 from harness.tokens import encode, pack
 from harness.tracking import Tracker
-from harness.training import finetune
 
 log = logging.getLogger(__name__)
+
+
+def run_comparison(cfg: DictConfig, output_dir: Path, sweep: dict[str, str] | None = None) -> Path:
+    """Run the configured arms; write summary.json, results.csv, report.md, cost_quality.png into output_dir.
+
+    With `hub_mirror` set, every hub dataset (training sources, lm-eval tasks) is read from that folder. `sweep`
+    ({"group": sweep folder name, "job_type": the swept values}) puts a sweep's jobs in one W&B group."""
+    with hub_mirror(cfg.hub_mirror):
+        return _compare(cfg, output_dir, sweep or {})
+
+
+def _compare(cfg: DictConfig, output_dir: Path, sweep: dict[str, str]) -> Path:
+    started = time.perf_counter()
+    out = output_dir.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    cache = RunCache(cfg.cache_dir)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    tracker = Tracker(cfg.tracking.mode, cfg.tracking.project, out, resolved, **sweep)
+
+    # 1. Distributions: train/val(/test) rows from each one's source — built-in generators, local files or the
+    #    hub — with a fingerprint of the rows used, which every cache key that reads them includes.
+    splits = load_data(cfg)
+
+    # 2. The base model θ₀ (built, converted or located once) on the configured device and dtype, its tokenizer,
+    #    and the training rows tokenized into the cache, where any training job can read them.
+    ctx = make_context(cfg, cache, out, splits, build=True)
+    ctx.tracker = tracker
+
+    # 3. Plan: every run each arm needs (plus the single-distribution reference runs), printed with its cost,
+    #    memory and disk before any training — stop here if the disk cannot hold it.
+    arms = [make_arm(name, cfg) for name in cfg.arms]
+    log.info(plan_text(ctx, arms, done={}))
+
+    # 4. Train what is planned, round after round (an arm may name runs that depend on earlier results, as
+    #    RegMix's full run depends on its proxies); every run goes through the cache (finished runs are reused).
+    done = train_planned(ctx, arms)
+
+    # 5. Each arm selects its model(s); the base and each single-distribution fine-tune are reported beside them.
+    candidates = references(ctx, done) + [c for arm in arms for c in arm.select(ctx, done)]
+
+    # 6. Validation perplexity and lm-eval for every model; each row charged for every run it needed.
+    evaluator = Evaluator(ctx, splits)
+    methods = {c.label: method_entry(ctx, c, done, evaluator) for c in candidates}
+
+    # 7. Statistics from the per-sample results, cost and quality; the report (summary.json last: it marks the
+    #    run complete).
+    main_rows = [label for label in ("dem", "data_mixing") if label in methods]
+    summary = {
+        "methods": methods,
+        **cost_ratios(methods),
+        "selection_metric": cfg.selection.metric,
+        "statistics": statistics(methods, evaluator.samples, evaluator.ppl_blocks, evaluator.headline,
+                                 evaluator.groups, seed=cfg.seeds.search) if main_rows else {},
+        "chance": evaluator.chance(),
+        "task_versions": {t: r["version"] for t, r in evaluator.results.items()},
+        "headline_metrics": evaluator.headline,
+        "seed": cfg.seed,
+        "seeds": OmegaConf.to_container(cfg.seeds, resolve=True),
+        "data": {n: {"fingerprint": d.fingerprint, **d.info} for n, d in splits.items()},
+        "runtime": {"device": ctx.runtime.name, "dtype": str(ctx.runtime.dtype).removeprefix("torch.")},
+        "config": resolved,
+        "provenance": provenance.collect(),
+        "wall_s": time.perf_counter() - started,
+        "output_dir": str(out),
+    }
+    write_report(summary, out)
+    tracker.finish(rows(summary), {k: summary[k] for k in ("cost_ratio", "cost_ratio_train") if k in summary})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- the steps
 
 
 def source_of(cfg: DictConfig, name: str) -> SourceConfig:
@@ -55,249 +126,247 @@ def source_of(cfg: DictConfig, name: str) -> SourceConfig:
     return OmegaConf.to_object(cfg.data.sources[name]) if name in cfg.data.sources else SourceConfig()
 
 
-def run_comparison(cfg: DictConfig, output_dir: Path) -> Path:
-    """Run both arms for a validated config; write summary.json, results.csv, report.md, cost_quality.png.
-
-    With `hub_mirror` set, every hub dataset (training sources, lm-eval tasks) is read from that folder."""
-    with hub_mirror(cfg.hub_mirror):
-        return _compare(cfg, output_dir)
+def load_data(cfg: DictConfig) -> dict[str, Distribution]:
+    return {n: load_distribution(n, source_of(cfg, n), seed=cfg.seeds.data, n_train=cfg.data.n_train,
+                                 n_val=cfg.data.n_val, n_test=cfg.data.n_test) for n in cfg.data.distributions}
 
 
-def _compare(cfg: DictConfig, output_dir: Path) -> Path:
-    started = time.perf_counter()
-    out = output_dir.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    cache = RunCache(cfg.cache_dir)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    tracker = Tracker(cfg.tracking.mode, cfg.tracking.project, out, resolved)
+def make_context(cfg: DictConfig, cache: RunCache, out: Path, splits: dict[str, Distribution],
+                 build: bool) -> Context:
+    """Everything arms need to name, train and measure runs. With build=False (a plan only) nothing is written:
+    the base and the token pools are named by their keys, not made."""
     names = list(cfg.data.distributions)
-    seed = cfg.seed
-
-    # 1. Distributions: train/val(/test) rows from each one's source — built-in generators, local files or the
-    #    hub — with a fingerprint of the rows used, which every cache key that depends on them includes.
-    splits = {n: load_distribution(n, source_of(cfg, n), seed=seed, n_train=cfg.data.n_train, n_val=cfg.data.n_val,
-                                   n_test=cfg.data.n_test) for n in names}
-    fingerprints = {n: d.fingerprint for n, d in splits.items()}
-    data_spec = {"version": DATA_VERSION, "seed": seed, "fingerprints": fingerprints}
-
-    # 2. Base model + tokenizer from the model source (built, converted or located once), on the configured
-    #    device and in its dtype — training, perplexity, search and lm-eval all run there.
     runtime = resolve_runtime(cfg.model.device, cfg.model.dtype)
     options = load_options(cfg.model)
-    base = prepare_base(cfg, cache, runtime)
-    log.info("base model %s from %s on %s (%s)", base.key, base.path, runtime.name, runtime.dtype)
-    tok = load_tokenizer(base.path, options)
-    pad_id = tok.pad_token_id
+    base = prepare_base(cfg, cache, runtime, build=build)
+    fingerprints = {n: d.fingerprint for n, d in splits.items()}
+    budget = OmegaConf.to_container(cfg.budget, resolve=True)
+    if build:
+        log.info("base model %s from %s on %s (%s)", base.key, base.path, runtime.name, runtime.dtype)
+        tok = load_tokenizer(base.path, options)
+        pools = store_pools(cache, base.key, {n: [encode(tok, e) for e in s.train] for n, s in splits.items()},
+                            fingerprints)
+        model_config = AutoConfig.from_pretrained(base.path, trust_remote_code=options.trust_remote_code)
+    else:
+        tok = None
+        pools = {n: spec_key("pools", {"tokenizer": base.key, "fingerprint": fingerprints[n], "version": POOL_VERSION})
+                 for n in names}
+        model_config = planned_model_config(cfg, base.path, options)
+    budget_cfg = {k: v for k, v in budget.items() if k != "mode"}  # the mode decides tokens; runs record tokens
+    dtype_name = str(runtime.dtype).removeprefix("torch.")
 
-    def load(path: Path) -> Any:
-        return load_model(path, runtime, options)
+    def run_spec(weights: dict[str, float], train_tokens: int | None = None) -> RunSpec:
+        w = normalise(weights)
+        return RunSpec(base_key=base.key, base_path=str(base.path), weights=w,
+                       fingerprints={n: fingerprints[n] for n in w}, pools={n: pools[n] for n in w},
+                       budget={**budget_cfg, "train_tokens": int(train_tokens or budget["train_tokens"])},
+                       seed=cfg.seeds.train, device=str(runtime.device), dtype=dtype_name,
+                       options=asdict(options), gradient_checkpointing=cfg.model.gradient_checkpointing)
 
-    pools = {n: [encode(tok, e) for e in s.train] for n, s in splits.items()}
-    val = {n: pack([encode(tok, e) for e in s.val], cfg.budget.seq_len, pad_id, drop_last=False)
-           for n, s in splits.items()}
+    data_spec = {"version": DATA_VERSION, "seed": cfg.seeds.data, "fingerprints": fingerprints}
+    ctx = Context(cfg=cfg, cache=cache, names=names,
+                  rows_available={n: d.info.get("rows_available") or len(d.train) for n, d in splits.items()},
+                  out=out, base=base, runtime=runtime, options=options, seeds=cfg.seeds, data_spec=data_spec,
+                  run_spec=run_spec, score=lambda record: log_ppl_score(record, cfg.selection.metric),
+                  train_flops=lambda tokens: cost.train_flops(model_config, tokens, cfg.budget.seq_len),
+                  model_config=model_config, tokenizer=tok)
+    if build:
+        ctx.val = {n: pack([encode(tok, e) for e in s.val], cfg.budget.seq_len, tok.pad_token_id, drop_last=False)
+                   for n, s in splits.items()}
+        ctx.load = lambda path: load_model(path, runtime, options)
 
-    # 3. Plan the runs: one per distribution (DEM) and one per grid point (mixing). A corner of the grid is
-    #    the same run as a single-distribution fine-tune, so the cache trains it once (each arm is charged).
-    singles = {n: {n: 1.0} for n in names}
-    grid = simplex_grid(names, cfg.mixing.grid_step)
+        def measure(model_key: str, open_model: Any) -> dict[str, Any]:
+            spec = {"model": model_key, "data": data_spec, "seq_len": cfg.budget.seq_len, "names": names,
+                    "format": 2, **runtime_spec(runtime)}  # format 2: per-block nll kept for confidence intervals
+            return cache.get_or_create("ppl", spec, lambda d: perplexity(open_model(), ctx.val)).record
 
-    def run_spec(weights: dict[str, float]) -> dict[str, Any]:
-        w = {k: v for k, v in sorted(weights.items()) if v > 0}
-        data = {"version": DATA_VERSION, "fingerprints": {n: fingerprints[n] for n in w}}  # only the rows it reads
-        return {"base": base.key, "weights": w, "data": data, "budget": resolved["budget"], "seed": seed,
-                **runtime_spec(runtime)}
+        ctx.measure = measure
+    return ctx
 
-    # Before any training: the plan's peak memory and disk (stop here if the disk cannot hold it).
-    new_runs = {spec_key("train", run_spec(w)) for w in [*singles.values(), *grid]
-                if not cache.has("train", run_spec(w))}
-    vector_dtype = runtime.dtype if cfg.dem.vector_dtype == "auto" else DTYPES[cfg.dem.vector_dtype]
-    plan = resources(AutoConfig.from_pretrained(base.path, trust_remote_code=options.trust_remote_code),
-                     dtype=runtime.dtype, batch_size=cfg.budget.batch_size,
-                     seq_len=cfg.budget.seq_len, gradient_checkpointing=cfg.model.gradient_checkpointing,
-                     n_vectors=len(names), vector_dtype=vector_dtype, vectors_on=cfg.dem.vectors_on,
-                     n_new_checkpoints=len(new_runs), n_new_vectors=len(names), cache_root=cache.root)
-    log.info(describe(plan, runtime.name))
 
-    # 4. Train every planned run through the cache.
-    def train_run(weights: dict[str, float]) -> Entry:
-        spec = run_spec(weights)
-        w = spec["weights"]
-        label = " ".join(f"{k}={v:.2f}" for k, v in w.items())
-        entry = cache.get_or_create("train", spec, lambda d: finetune(
-            d, base.path, pools, w, cfg.budget, seed, pad_id, runtime, options, cfg.model.gradient_checkpointing),
-            label)
-        r = entry.record
-        tracker.log({"run/label": label, "run/train_loss": r["train_loss"], "run/train_tokens": r["train_tokens"],
-                     "run/train_flops": r["train_flops"], "run/train_wall_s": r["train_wall_s"],
-                     "run/cached": entry.hit})
-        return entry
+def planned_model_config(cfg: DictConfig, base_path: Path, options: Any) -> Any:
+    """The base's config for cost estimates before it exists: a tiny base's is known from the config (its
+    tokenizer may come out a few hundred tokens smaller than `vocab_size`)."""
+    if (base_path / "config.json").exists():
+        return AutoConfig.from_pretrained(base_path, trust_remote_code=options.trust_remote_code)
+    if cfg.model.source == "tiny":
+        m = cfg.model
+        return LlamaConfig(vocab_size=m.vocab_size, hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
+                           num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads,
+                           num_key_value_heads=m.num_heads, max_position_embeddings=m.max_seq_len,
+                           tie_word_embeddings=True)
+    from harness.models import smollm2_gguf  # the GGUF's own config, read without de-quantising it
 
-    single_runs = {n: train_run(w) for n, w in singles.items()}
-    grid_runs = [train_run(w) for w in grid]
+    gguf = smollm2_gguf()
+    return AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
 
-    def measure(model_key: str, open_model: Any) -> dict[str, Any]:
-        spec = {"model": model_key, "data": data_spec, "seq_len": cfg.budget.seq_len, "names": names,
-                **runtime_spec(runtime)}
-        return cache.get_or_create("ppl", spec, lambda d: perplexity(open_model(), val)).record
 
-    # 5. Mixing arm: the grid point with the lowest pooled validation perplexity.
-    grid_ppl = [measure(r.record["key"], lambda r=r: load(r.path)) for r in grid_runs]
-    best = min(range(len(grid)), key=lambda i: grid_ppl[i]["val_ppl"])
-    log.info("mixing arm: best grid point %s (val ppl %.3f)", grid[best], grid_ppl[best]["val_ppl"])
+def all_planned(ctx: Context, arms: list[Arm], done: Mapping[str, Entry]) -> list[Planned]:
+    """The reference runs (one fine-tune per distribution, reported as only_<name>) and every arm's runs."""
+    references_ = [Planned("reference", ctx.run_spec({n: 1.0}), f"only_{n}") for n in ctx.names]
+    return references_ + [p for arm in arms for p in arm.plan(ctx, done)]
 
-    # 6. DEM arm: distribution vectors Δᵢ = θᵢ − θ₀ (safetensors), then an Optuna search over merge weights.
-    host = Runtime(torch.device("cpu"), runtime.dtype)
 
-    def build_vector(n: str) -> Entry:
-        def write(folder: Path) -> dict[str, Any]:
-            # Δ in fp32 on the host (the tuned model is opened there, not beside θ₀ on the device), then cast
-            # to dem.vector_dtype; the record keeps what that cast cost on one tensor.
-            theta0 = copy_params(load_model(base.path, host, options))
-            delta = distribution_vector(theta0, copy_params(load_model(single_runs[n].path, host, options)))
-            return {"distribution": n, **save_vector(delta, folder / "vector.safetensors", vector_dtype)}
+def plan_text(ctx: Context, arms: list[Arm], done: Mapping[str, Entry]) -> str:
+    """The plan: a table of every run (cached or to train, tokens, FLOPs, time) and the memory/disk estimate.
+    Raises PlanError when the disk cannot hold the new checkpoints and vectors."""
+    planned = all_planned(ctx, arms, done)
+    arms_of: dict[str, list[str]] = {}  # a run several arms need (a grid corner is a DEM fine-tune) is listed once
+    for p in planned:
+        if p.spec is not None and p.arm not in arms_of.setdefault(p.spec.key, []):
+            arms_of[p.spec.key].append(p.arm)
+    table, listed = [], set()
+    for p in planned:
+        if p.spec is not None and p.spec.key in listed:
+            continue
+        tokens = p.spec.train_tokens if p.spec else p.train_tokens
+        arm = "+".join(arms_of[p.spec.key]) if p.spec else p.arm
+        table.append(Row(arm, p.spec.label if p.spec else "(to be chosen)", p.note, tokens, ctx.train_flops(tokens),
+                         p.spec is not None and ctx.cache.has("train", p.spec.cache_spec())))
+        if p.spec is not None:
+            listed.add(p.spec.key)
+    dtype = str(ctx.runtime.dtype).removeprefix("torch.")
+    rate, how = measured_flops_per_second(ctx.cache.root, ctx.runtime.device.type, dtype)
+    dem = ctx.cfg.dem
+    vector_dtype = ctx.runtime.dtype if dem.vector_dtype == "auto" else DTYPES[dem.vector_dtype]
+    budget = resources(ctx.model_config, dtype=ctx.runtime.dtype, batch_size=ctx.cfg.budget.batch_size,
+                       seq_len=ctx.cfg.budget.seq_len, gradient_checkpointing=ctx.cfg.model.gradient_checkpointing,
+                       n_vectors=len(ctx.names), vector_dtype=vector_dtype, vectors_on=dem.vectors_on,
+                       n_new_checkpoints=sum(not r.cached for r in table), n_new_vectors=len(ctx.names),
+                       cache_root=ctx.cache.root)
+    return run_table(table, rate, how) + "\n" + describe(budget, ctx.runtime.name)
 
-        spec = {"base": base.key, "run": single_runs[n].record["key"], "dtype": str(vector_dtype)}
-        return cache.get_or_create("vector", spec, write, f"Δ {n}")
 
-    vector_entries = {n: build_vector(n) for n in names}
-    manifest = {n: {"path": str(e.path / "vector.safetensors"), "sha256": e.record["sha256"],
-                    "dtype": e.record["dtype"], "max_abs_error": e.record["max_abs_error"],
-                    "error_tensor": e.record["error_tensor"]} for n, e in vector_entries.items()}
-    streamed = cfg.dem.vectors_on == "cpu"  # kept in host memory, streamed to the device block by block
-    vectors = load_vectors([Path(m["path"]) for m in manifest.values()], [m["sha256"] for m in manifest.values()],
-                           device="cpu" if streamed else runtime.device,
-                           pin_memory=streamed and runtime.device.type == "cuda")  # hash-checked, stacked, read-only
-    for path in cfg.dem.plugins:
-        load_strategy_file(path)
+def train_planned(ctx: Context, arms: list[Arm]) -> dict[str, Entry]:
+    """Train every planned run through the executor, until no arm names a new one."""
+    executor = make_executor(ctx.cfg.executor, ctx.cache.root)
+    done: dict[str, Entry] = {}
+    while True:
+        todo: dict[str, tuple[str, RunSpec]] = {}
+        for p in all_planned(ctx, arms, done):
+            if p.spec is not None and p.spec.key not in done:
+                todo.setdefault(p.spec.key, (p.arm, p.spec))
+        if not todo:
+            return done
+        for key, entry in executor.run(list(todo.values()), ctx.cache.root).items():
+            done[key] = entry
+            r = entry.record
+            ctx.tracker.log({"run/label": todo[key][1].label, "run/arm": todo[key][0],
+                             "run/train_loss": r["train_loss"], "run/train_tokens": r["train_tokens"],
+                             "run/train_flops": r["train_flops"], "run/train_wall_s": r["train_wall_s"],
+                             "run/cached": entry.hit})
 
-    def merge_arm(label: str, merge: str, given: dict[str, Any], search_params: list[str]) -> tuple[Any, Entry]:
-        """Search one strategy's weights (and named parameters); return the merged model and the search entry.
 
-        The reported model is always built in one step, θ₀ + merge(best weights), from a freshly loaded θ₀ —
-        the same bits whether the search ran now, resumed, or came from the cache."""
-        strategy = get_strategy(merge)
-        fixed = strategy.resolve(given, len(names))
-        searched = {p.name: p.search for p in strategy.params if p.name in search_params}
-        study_spec = {"vectors": {n: m["sha256"] for n, m in manifest.items()}, "merge": merge, "params": fixed,
-                      "search_params": sorted(searched), "sampler": cfg.dem.sampler,
-                      "weight_range": list(cfg.dem.weight_range), "grid_points": cfg.dem.grid_points,
-                      "prune_fraction": cfg.dem.prune_fraction, "seed": seed, "data": data_spec,
-                      "seq_len": cfg.budget.seq_len, **runtime_spec(runtime)}
-        study = spec_key("study", study_spec)  # n_trials is not part of it: raising n_trials extends the study
+def references(ctx: Context, done: Mapping[str, Entry]) -> list[Candidate]:
+    """The shared starting point and each single-distribution fine-tune, reported beside the arms."""
+    base = ctx.base
+    rows_ = [Candidate("base", base.key, lambda: ctx.load(base.path), [], 0,
+                       {"source": base.record["source"], "pretrain_tokens": base.record.get("train_tokens", 0)})]
+    for n in ctx.names:
+        run = done[ctx.run_spec({n: 1.0}).key]
+        rows_.append(Candidate(f"only_{n}", run.record["key"], lambda run=run: ctx.load(run.path),
+                               [run.record["key"]], 0, {"weights": {n: 1.0}}))
+    return rows_
 
-        def run_search(folder: Path) -> dict[str, Any]:
-            session = MergeSession(load(base.path), vectors, strategy, fixed, seed, vectors_on=cfg.dem.vectors_on)
-            return search_weights(
-                session, names, fixed, val, n_trials=cfg.dem.n_trials, sampler=cfg.dem.sampler,
-                weight_range=list(cfg.dem.weight_range), searched=searched, seed=seed,
-                storage=storage_for(cfg.dem.storage, cache.root / "studies" / study, out), study_name=study,
-                grid_points=cfg.dem.grid_points, prune_fraction=cfg.dem.prune_fraction, label=f"{label} search",
-                on_trial=lambda i, w, p: tracker.log({f"{label}/trial": i, f"{label}/val_ppl": p,
-                                                      **{f"{label}/w_{k}": v for k, v in w.items()}}))
 
-        search = cache.get_or_create("search", {**study_spec, "n_trials": cfg.dem.n_trials}, run_search,
-                                     f"{label} search")
-        model = load(base.path)
-        MergeSession(model, vectors, strategy, fixed, seed, vectors_on=cfg.dem.vectors_on).set(
-            [search.record["weights"][n] for n in names], search.record["params"])
-        model.save_pretrained(out / "models" / label)
-        tok.save_pretrained(out / "models" / label)
-        write_atomic(out / "models" / label / "vectors.json", json.dumps(manifest, indent=2))
-        return model, search
+@dataclass
+class Evaluator:
+    """lm-eval on each model through the cache: the tasks written once, every result and per-sample record kept."""
 
-    merges = {"dem": merge_arm("dem", cfg.dem.merge, strategy_params(cfg.dem), list(cfg.dem.search_params))}
-    for spec in cfg.dem.compare:  # more strategies, reported beside the paper's merge and the baselines
-        merges[f"dem_{spec.merge}"] = merge_arm(f"dem_{spec.merge}", spec.merge, strategy_params(spec),
-                                                list(spec.search_params))
+    ctx: Context
+    splits: dict[str, Distribution]
 
-    # 7. Evaluate with lm-eval: the base, each single-distribution model, the best mixture and DEM.
-    #    A distribution's task is scored even when it is not trained on (as the paper scores DROP).
-    def test_split(task: str) -> list:
+    def __post_init__(self) -> None:
+        cfg, ctx = self.ctx.cfg, self.ctx
+        self.tasks = list(cfg.eval.tasks)
+        helm = cfg.eval.helm
+        self.selection = check_eval(self.tasks, plain(cfg.eval.num_fewshot), cfg.hub_mirror,
+                                    perturbations=list(helm.perturbations) if helm.robustness else None)
+        self.test_sets = {t: self._test_split(t) for t in self.selection.builtin}
+        write_tasks(ctx.out / "tasks", self.test_sets)
+        self.spec = {"tasks": self.tasks, "limit": cfg.eval.limit, "num_fewshot": plain(cfg.eval.num_fewshot),
+                     "gen_kwargs": plain(cfg.eval.gen_kwargs), "lm_eval": provenance.version("lm_eval"),
+                     "data": {"version": DATA_VERSION, "seed": cfg.seeds.data, "n_train": cfg.data.n_train,
+                              "n_val": cfg.data.n_val, "n_test": cfg.data.n_test},
+                     "mirror": mirror_fingerprint(self.tasks, cfg.hub_mirror) if cfg.hub_mirror else None,
+                     "helm": {**OmegaConf.to_container(helm), "perturb_version": PERTURB_VERSION},
+                     "task_version": TASK_VERSION, "format": 2, **runtime_spec(ctx.runtime)}
+        self.results: dict[str, dict[str, Any]] = {}  # the last model's results (versions, headline metrics)
+        self.samples: dict[str, Path] = {}  # model label -> its per-sample records
+        self.ppl_blocks: dict[str, dict[str, Any]] = {}  # model label -> per-block validation nll
+
+    def _test_split(self, task: str) -> list:
+        cfg = self.ctx.cfg
         if task == "bbh_object_counting":
-            return bbh_object_counting(seed, cfg.data.n_test)
+            return bbh_object_counting(cfg.seeds.data, cfg.data.n_test)
         n = task.removesuffix("_mc")  # built-in tasks score the seeded generator's held-out items
-        return (splits[n] if n in splits and splits[n].test else
-                generate_splits(n, seed, cfg.data.n_train, cfg.data.n_val, cfg.data.n_test)).test
+        s = self.splits.get(n)
+        return (s if s is not None and s.test else
+                generate_splits(n, cfg.seeds.data, cfg.data.n_train, cfg.data.n_val, cfg.data.n_test)).test
 
-    tasks = list(cfg.eval.tasks)
-    selection = check_eval(tasks, plain(cfg.eval.num_fewshot), cfg.hub_mirror)
-    test_sets = {t: test_split(t) for t in selection.builtin}
-    write_tasks(out / "tasks", test_sets)
-    eval_spec = {"tasks": tasks, "limit": cfg.eval.limit, "num_fewshot": plain(cfg.eval.num_fewshot),
-                 "gen_kwargs": plain(cfg.eval.gen_kwargs), "lm_eval": provenance.version("lm_eval"),
-                 "data": {"version": DATA_VERSION, "seed": seed, "n_train": cfg.data.n_train, "n_val": cfg.data.n_val,
-                          "n_test": cfg.data.n_test},
-                 "mirror": mirror_fingerprint(tasks, cfg.hub_mirror) if cfg.hub_mirror else None,
-                 "task_version": TASK_VERSION, "format": 2}
-    results: dict[str, dict[str, Any]] = {}  # one model's full lm-eval results, for versions and headline metrics
+    def scores(self, candidate: Candidate) -> dict[str, float]:
+        cfg, ctx = self.ctx.cfg, self.ctx
 
-    def scores(model_key: str, open_model: Any, label: str) -> dict[str, float]:
         def run_eval(folder: Path) -> dict[str, Any]:
-            return {"results": evaluate(open_model(), tok, tasks=tasks, task_dir=out / "tasks",
+            return {"results": evaluate(candidate.open(), ctx.tokenizer, tasks=self.tasks, task_dir=ctx.out / "tasks",
                                         num_fewshot=plain(cfg.eval.num_fewshot), limit=cfg.eval.limit,
                                         batch_size=cfg.eval.batch_size, gen_kwargs=plain(cfg.eval.gen_kwargs),
-                                        samples_dir=folder / "samples", mirror=cfg.hub_mirror)}
+                                        samples_dir=folder / "samples", mirror=cfg.hub_mirror,
+                                        robustness=cfg.eval.helm.robustness,
+                                        perturbations=list(cfg.eval.helm.perturbations),
+                                        perturb_seed=cfg.eval.helm.seed)}
 
-        entry = cache.get_or_create("eval", {"model": model_key, **eval_spec, **runtime_spec(runtime)}, run_eval,
-                                    label)
-        shutil.copytree(entry.path / "samples", out / "samples" / label, dirs_exist_ok=True)  # per-sample outputs
-        results.update(entry.record["results"])
-        return flat_scores(entry.record["results"])
+        entry = ctx.cache.get_or_create("eval", {"model": candidate.model_key, **self.spec}, run_eval, candidate.label)
+        samples = ctx.out / "samples" / candidate.label
+        shutil.copytree(entry.path / "samples", samples, dirs_exist_ok=True)  # per-sample outputs, for audits
+        self.samples[candidate.label] = samples
+        self.results = entry.record["results"]
+        return flat_scores(self.results)
 
-    def method(run_records: list[dict[str, Any]], model_key: str, open_model: Any, label: str, search_tokens: int,
-               ppl: dict[str, Any], selected: dict[str, Any]) -> dict[str, Any]:
-        """One model's entry in summary.json; an arm's cost is the sum over all the runs it needed."""
-        return {
-            "train_tokens": sum(r["train_tokens"] for r in run_records),
-            "train_flops": sum(r["train_flops"] for r in run_records),
-            "train_wall_s": sum(r["train_wall_s"] for r in run_records),
-            "train_device_s": sum(r.get("train_device_s", r["train_wall_s"]) for r in run_records),
-            "devices": sorted({r["device"] for r in run_records if "device" in r}),
-            "search_forward_tokens": search_tokens,
-            "val_ppl": ppl["val_ppl"],
-            "val_ppl_by_dist": ppl["val_ppl_by_dist"],
-            "scores": scores(model_key, open_model, label),
-            "selected": selected,
-        }
+    @property
+    def headline(self) -> dict[str, str]:
+        return {t: headline_metric(self.results[t]) for t in self.tasks}
 
-    methods: dict[str, Any] = {}
-    methods["base"] = method([], base.key, lambda: load(base.path), "base", 0,
-                             measure(base.key, lambda: load(base.path)),
-                             {"source": base.record["source"], "pretrain_tokens": base.record["train_tokens"]})
-    for n, run in single_runs.items():
-        methods[f"only_{n}"] = method([run.record], run.record["key"], lambda run=run: load(run.path),
-                                      f"only_{n}", 0, measure(run.record["key"], lambda run=run: load(run.path)),
-                                      {"weights": {n: 1.0}})
-    best_run = grid_runs[best]
-    methods["data_mixing"] = method(
-        [r.record for r in grid_runs], best_run.record["key"], lambda: load(best_run.path), "data_mixing",
-        sum(p["forward_tokens"] for p in grid_ppl), grid_ppl[best],
-        {"weights": grid[best], "grid": [{"weights": g, "val_ppl": p["val_ppl"]} for g, p in zip(grid, grid_ppl,
-                                                                                                  strict=True)]})
-    for label, (model, search) in merges.items():
-        r = search.record
-        methods[label] = method(
-            [run.record for run in single_runs.values()], r["key"], lambda model=model: model, label,
-            r["search_forward_tokens"], measure(r["key"], lambda model=model: model),
-            {"weights": r["weights"], "merge": r["spec"]["merge"], "params": r["params"], "sampler": cfg.dem.sampler,
-             "n_trials": r["n_trials"], "n_pruned": r["n_pruned"], "vectors": manifest})
+    @property
+    def groups(self) -> dict[str, list[str]]:
+        """Each group task and its subtasks (for pooling per-sample records)."""
+        return {t: r["subtasks"] for t, r in self.results.items() if r.get("group")}
 
-    # 8. Record cost + quality; write the report (summary.json last, marking it complete).
-    summary = {
-        "methods": methods,
-        "cost_ratio": methods["dem"]["train_flops"] / methods["data_mixing"]["train_flops"],
-        "chance": {t: chance_level(test_sets[t][: cfg.eval.limit]) for t in selection.builtin},
-        "task_versions": {t: r["version"] for t, r in results.items()},
-        "headline_metrics": {t: headline_metric(results[t]) for t in tasks},
-        "seed": seed,
-        "data": {n: {"fingerprint": d.fingerprint, **d.info} for n, d in splits.items()},
-        "runtime": {"device": runtime.name, "dtype": str(runtime.dtype).removeprefix("torch.")},
-        "config": resolved,
-        "provenance": provenance.collect(),
-        "wall_s": time.perf_counter() - started,
-        "output_dir": str(out),
+    def chance(self) -> dict[str, float]:
+        return {t: chance_level(self.test_sets[t][: self.ctx.cfg.eval.limit]) for t in self.selection.builtin}
+
+
+def method_entry(ctx: Context, c: Candidate, done: Mapping[str, Entry], evaluator: Evaluator) -> dict[str, Any]:
+    """One model's entry in summary.json: its cost (every run it needed, plus its selection's forward passes)
+    and its quality (validation perplexity, every lm-eval score)."""
+    records = [done[k].record for k in c.runs]
+    ppl = ctx.measure(c.model_key, c.open)
+    evaluator.ppl_blocks[c.label] = ppl["blocks"]
+    train_flops = sum(r["train_flops"] for r in records)
+    selection_flops = cost.forward_flops(ctx.model_config, c.selection_forward_tokens, ctx.cfg.budget.seq_len)
+    return {
+        "train_tokens": sum(r["train_tokens"] for r in records),
+        "train_flops": train_flops,
+        "train_wall_s": sum(r["train_wall_s"] for r in records),
+        "train_device_s": sum(r.get("train_device_s", r["train_wall_s"]) for r in records),
+        "devices": sorted({r["device"] for r in records if "device" in r}),
+        "runs": len(records),
+        "search_forward_tokens": c.selection_forward_tokens,
+        "selection_flops": selection_flops,
+        "total_flops": train_flops + selection_flops,
+        "val_ppl": ppl["val_ppl"],
+        "val_ppl_by_dist": ppl["val_ppl_by_dist"],
+        "val_score": ctx.score(ppl),
+        "scores": evaluator.scores(c),
+        "selected": c.selected,
     }
-    write_report(summary, out)
-    tracker.finish(rows(summary), {"cost_ratio": summary["cost_ratio"], "dem/val_ppl": methods["dem"]["val_ppl"],
-                                   "data_mixing/val_ppl": methods["data_mixing"]["val_ppl"]})
-    return out
+
+
+def cost_ratios(methods: Mapping[str, Any]) -> dict[str, float]:
+    """DEM's cost ÷ data mixing's: `cost_ratio` counts training and selection compute (DEM's search passes,
+    the mixing arm's validation passes and proxies); `cost_ratio_train` training alone (the paper's 11x)."""
+    if "dem" not in methods or "data_mixing" not in methods:
+        return {}
+    dem, mix = methods["dem"], methods["data_mixing"]
+    return {"cost_ratio": dem["total_flops"] / mix["total_flops"],
+            "cost_ratio_train": dem["train_flops"] / mix["train_flops"]}

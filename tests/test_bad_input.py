@@ -79,6 +79,15 @@ CONFIG_CASES = [
     (["-m", "budget.lr=3e-3,-1"], "sweep job 2 of 2 (budget.lr=-1): budget.lr=-1.0: must be > 0"),
     (["-m", "model=micro,huge"], "model: unknown preset 'huge'"),
     (["-m", "dem.n_trials=2,0", "mixing.grid_step=0.5,1"], "dem.n_trials=0: must be >= 1"),
+    (["arms=[data_mixing, dem, regmixx]"], "arms: unknown arm 'regmixx'"),
+    (["arms=[]"], "a non-empty list of distinct arms"),
+    (["mixing.method=regmx"], "mixing.method: unknown method 'regmx'. Did you mean 'regmix'?"),
+    (["mixing=regmix", "mixing.proxies=3"], "mixing.proxies=3: RegMix needs at least one more proxy run than"),
+    (["mixing=regmix", "mixing.proxy_tokens=16384"], "a proxy run must not be larger than a full run"),
+    (["mixing=temperature", "mixing.temperature=0"], "mixing.temperature=0.0: must be > 0"),
+    (["budget.mode=matched"], "budget.mode=matched: allowed: per_run, matched_total"),
+    (["selection.metric=ppl"], "selection.metric=ppl: allowed: pooled_ppl, mean_log_ppl"),
+    (["mixing.mixtures=[{mathqa: 0.5, nope: 0.5}]"], "mixing.mixtures[0]"),
 ]
 
 
@@ -222,7 +231,7 @@ def _summary() -> dict:
      "missing 'methods.data_mixing'"),
     ("not_json", lambda s: '{"methods": {', "JSONDecodeError"),
     ("not_an_object", lambda s: "[1, 2]", "missing 'methods'"),
-    ("no_summary", None, "No such file"),
+    ("no_summary", None, "no summary.json in it"),
 ])
 def test_report_cli_changes_nothing_when_the_summary_is_bad(tmp_path, capsys, name, content, expected):
     from harness.report import main

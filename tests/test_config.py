@@ -7,7 +7,8 @@ from omegaconf import OmegaConf
 from harness.config import GROUPS, ConfigError, presets, validate
 from tests.conftest import compose_cfg
 
-COMPANIONS = {("budget", "gpu"): ["model=openllama_7b_v2"]}  # presets meant to be used together (their headers)
+# presets meant to be used together (their headers say so)
+COMPANIONS = {("budget", "gpu"): ["model=openllama_7b_v2"], ("executor", "slurm"): ["executor.partition=gpu"]}
 
 
 def test_every_shipped_preset_validates():

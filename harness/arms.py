@@ -1,0 +1,131 @@
+"""Arms: the ways of getting one model for several distributions that a comparison pits against each other.
+
+An arm plans the training runs it needs and selects its model(s) from their results; the pipeline trains what
+every arm plans (through the shared, locked cache), charges each arm for every run it needed, evaluates what each
+selects, and reports the rows in `arms` order. Adding a baseline is one module with one `@register_arm` class
+and one config preset — no edit to the pipeline.
+
+The contract (both methods are called with `done`, the finished training runs so far, by RunSpec key):
+
+* `plan(ctx, done) -> list[Planned]` — every run the arm needs that it can name now (a run already in `done` may
+  be listed again; the pipeline trains only what is missing), plus placeholders (`spec=None`) for runs it will
+  only be able to name later (e.g. RegMix's full run, chosen after its proxies). The pipeline calls it again
+  after each round of training until it names nothing new; the first call's answer is the printed plan.
+* `select(ctx, done) -> list[Candidate]` — once every planned run is done: the arm's reported model(s), each with
+  every run it is charged for and the forward tokens its selection used.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from omegaconf import DictConfig
+
+from harness.cache import Entry, RunCache
+from harness.errors import HarnessError
+from harness.runs import RunSpec
+
+
+class ArmError(HarnessError, ValueError):
+    """An unknown arm or an arm config it cannot use; one line."""
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A run an arm needs; `spec` is None for a run it can only name after earlier ones finish."""
+
+    arm: str
+    spec: RunSpec | None
+    note: str = ""  # what the run is for (e.g. "grid point", "proxy 3/12", "full run of the predicted mixture")
+    train_tokens: int = 0  # for a placeholder: the tokens it will train on (so the plan can cost it)
+
+
+@dataclass
+class Candidate:
+    """A model an arm reports: one row of summary.json and report.md."""
+
+    label: str  # the row name: data_mixing, dem, dem_ties, mixing_regmix, …
+    model_key: str  # its identity for perplexity and evaluation cache keys
+    open: Callable[[], Any]  # loads the model (on the comparison's device)
+    runs: list[str]  # keys of every training run charged to it (proxies and grid points included)
+    selection_forward_tokens: int  # forward tokens its selection used (search trials, candidates' validation)
+    selected: dict[str, Any] = field(default_factory=dict)  # what was chosen, and how
+
+
+@dataclass
+class Context:
+    """What arms share: the config, the cache, the data, the base, and the means to name runs and measure models.
+    Fields an arm needs only after training (tokenizer, val) are filled by then."""
+
+    cfg: DictConfig
+    cache: RunCache
+    names: list[str]  # the distributions trained on
+    rows_available: dict[str, int]  # training rows per distribution (for size-proportional mixtures)
+    out: Path
+    base: Any  # harness.base.Base
+    runtime: Any  # harness.models.Runtime
+    options: Any  # harness.models.LoadOptions
+    seeds: DictConfig
+    data_spec: dict[str, Any]  # the validation data's identity (seed, fingerprints), for ppl/search cache keys
+    run_spec: Callable[..., RunSpec]  # run_spec(weights, train_tokens=None) -> RunSpec
+    score: Callable[[Mapping[str, Any]], float]  # the selection metric of a perplexity record (lower is better)
+    train_flops: Callable[[int], float]  # training FLOPs of `tokens` tokens at the budget's sequence length
+    model_config: Any = None  # the base's transformers config (cost estimates)
+    tracker: Any = None  # harness.tracking.Tracker
+    tokenizer: Any = None
+    val: dict[str, Any] = field(default_factory=dict)  # packed validation blocks per distribution
+    measure: Callable[[str, Callable[[], Any]], dict[str, Any]] | None = None  # a model's perplexity record
+    load: Callable[[Path], Any] | None = None  # open a saved model on the comparison's device
+
+
+class Arm(Protocol):
+    name: str
+
+    def plan(self, ctx: Context, done: Mapping[str, Entry]) -> list[Planned]: ...
+
+    def select(self, ctx: Context, done: Mapping[str, Entry]) -> list[Candidate]: ...
+
+
+ARMS: dict[str, Callable[[DictConfig], Arm]] = {}
+
+
+def register_arm(name: str) -> Callable[[type], type]:
+    """Register an arm class under `name` (what `arms: [...]` lists); its constructor takes the whole config."""
+
+    def wrap(cls: type) -> type:
+        if name in ARMS:
+            raise ArmError(f"arm '{name}' is already registered")
+        ARMS[name] = cls
+        return cls
+
+    return wrap
+
+
+def make_arm(name: str, cfg: DictConfig) -> Arm:
+    _load_builtin_arms()
+    if name not in ARMS:
+        close = difflib.get_close_matches(name, ARMS, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ArmError(f"arms: unknown arm '{name}'.{hint} Available: {', '.join(sorted(ARMS))}")
+    return ARMS[name](cfg)
+
+
+def _load_builtin_arms() -> None:
+    """The arms shipped with the harness register themselves on import."""
+    import baselines.arm  # noqa: F401
+    import dem.arm  # noqa: F401
+
+
+def log_ppl_score(record: Mapping[str, Any], metric: str) -> float:
+    """`pooled_ppl`: perplexity of all validation tokens together (token-weighted, so distributions with short
+    responses weigh little); `mean_log_ppl`: the mean over distributions of log perplexity, each counted equally
+    (reported as its exp, the geometric mean). Lower is better for both."""
+    if metric == "pooled_ppl":
+        return float(record["val_ppl"])
+    by_dist = record["val_ppl_by_dist"]
+    return math.exp(sum(math.log(v) for v in by_dist.values()) / len(by_dist))
