@@ -10,21 +10,30 @@ interrupted search resumes.
 
 from __future__ import annotations
 
+import ctypes
+import dataclasses
 import functools
 import json
 import logging
 import math
+import multiprocessing
 import os
+import signal
+import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import optuna
 import torch
 
-from dem.merge import MergeConfigError, Params, Strategy, tensor_generator
+from dem.merge import MergeConfigError, Params, Strategy, get_strategy, load_strategy_file, tensor_generator
+from dem.vectors import load_vectors
 from harness.data import stable_seed
+from harness.models import DTYPES, LoadOptions, Runtime, load_model
 from harness.perplexity import nll
 
 log = logging.getLogger(__name__)
@@ -49,6 +58,13 @@ def _quiet(cls: Callable[..., optuna.samplers.BaseSampler], **kwargs: Any) -> op
 def storage_for(spec: str, cache_folder: Path, output_dir: Path) -> optuna.storages.BaseStorage | str | None:
     """`journal` (default): a journal file in the cache, resumable, no server; `memory`; `sqlite`: study.db in
     the output folder; anything with `://` is an RDB URL, so several processes or machines can share a study."""
+    where = storage_location(spec, cache_folder, output_dir)
+    return None if where is None else open_storage(where, repair=True)
+
+
+def storage_location(spec: str, cache_folder: Path, output_dir: Path) -> str | None:
+    """Where `storage_for` keeps the study, as a string another process can open (`open_storage`): an RDB URL or
+    a journal file path; None for `memory`, which no other process can see."""
     if "://" in spec:
         return spec
     if spec == "memory":
@@ -57,9 +73,17 @@ def storage_for(spec: str, cache_folder: Path, output_dir: Path) -> optuna.stora
         output_dir.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{output_dir / 'study.db'}"
     cache_folder.mkdir(parents=True, exist_ok=True)
-    repair_journal(cache_folder / "study.journal")
-    return optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(cache_folder / "study.journal")))
+    return str(cache_folder / "study.journal")
+
+
+def open_storage(where: str, *, repair: bool) -> optuna.storages.BaseStorage | str:
+    """An RDB URL as it is, anything else a journal file. Only a process that knows no other one is writing may
+    `repair` the journal: a torn last line could be a record another worker is still appending."""
+    if "://" in where:
+        return where
+    if repair:
+        repair_journal(Path(where))
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(where))
 
 
 VectorsOn = Literal["device", "cpu"]
@@ -248,13 +272,94 @@ class MergeSession:
         self.coeffs = list(coeffs)
 
 
+@dataclass(frozen=True)
+class SearchSpace:
+    """What a trial samples: a weight per distribution in `weight_range` and each `searched` strategy parameter in
+    its range (one shared value for a per-model parameter); everything else comes from `fixed`, the strategy's
+    resolved parameters. The single-process search and every worker sample through this one definition."""
+
+    names: list[str]
+    fixed: Params
+    weight_range: list[float]
+    searched: dict[str, tuple[float, float]]
+    grid_points: int = 5
+
+    def grid(self) -> dict[str, list[float]]:
+        """The points GridSampler enumerates: `grid_points` evenly spaced values per searched dimension."""
+        low, high, k = *self.weight_range, self.grid_points
+        space = {f"w_{n}": [low + (high - low) * i / (k - 1) for i in range(k)] for n in self.names}
+        return space | {f"p_{p}": [a + (b - a) * i / (k - 1) for i in range(k)] for p, (a, b) in self.searched.items()}
+
+    def params(self, values: dict[str, float]) -> Params:
+        """The strategy's parameters for a trial's `p_*` values."""
+        p = dict(self.fixed)
+        for key in self.searched:
+            per_model = isinstance(p[key], list)
+            p[key] = [values[f"p_{key}"]] * len(self.names) if per_model else values[f"p_{key}"]
+        return p
+
+    def suggest(self, trial: optuna.Trial) -> tuple[list[float], Params]:
+        low, high = self.weight_range
+        w = [trial.suggest_float(f"w_{n}", low, high) for n in self.names]
+        return w, self.params({f"p_{k}": trial.suggest_float(f"p_{k}", a, b) for k, (a, b) in self.searched.items()})
+
+    def of(self, trial: optuna.trial.FrozenTrial) -> tuple[list[float], Params]:
+        """A finished trial's weights and parameters."""
+        return [trial.params[f"w_{n}"] for n in self.names], self.params(
+            {k: v for k, v in trial.params.items() if k.startswith("p_")})
+
+
+def make_objective(session: MergeSession, space: SearchSpace, val: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                   prune_fraction: float, metric: str,
+                   on_trial: Callable[[int, dict[str, float], float], None] | None = None
+                   ) -> Callable[[optuna.Trial], float]:
+    """One trial: move the session to the sampled merge, score the validation sets (the first `prune_fraction` of
+    each, then the rest, so the pruner can stop it in between) and record the forward tokens it used."""
+    heads = {n: max(1, math.ceil(len(x) * prune_fraction)) for n, (x, _) in val.items()}
+    cuts = ([{n: (0, heads[n]) for n in val}, {n: (heads[n], len(val[n][0])) for n in val}] if prune_fraction
+            else [{n: (0, len(val[n][0])) for n in val}])
+
+    def objective(trial: optuna.Trial) -> float:
+        w, params = space.suggest(trial)
+        if session.strategy.constraint and (problem := session.strategy.constraint(params)):
+            trial.set_user_attr("infeasible", problem)
+            trial.set_user_attr("forward_tokens", 0)
+            raise optuna.TrialPruned()
+        session.set(w, params)
+        sums = {n: [0.0, 0] for n in val}  # per distribution: summed nll, labelled tokens
+        tokens = 0
+        for part in range(len(cuts)):  # [first slice, rest] when pruning, else [everything]
+            for n, (x, y) in val.items():
+                a, b = cuts[part][n]
+                s, c = nll(session.model, x[a:b], y[a:b])
+                sums[n][0] += s
+                sums[n][1] += c
+                tokens += int(x[a:b].numel())
+            trial.set_user_attr("forward_tokens", tokens)
+            if part == 0 and len(cuts) > 1:
+                trial.report(score(sums, metric), step=0)
+                if trial.should_prune():
+                    raise optuna.TrialPruned()
+        ppl = score(sums, metric)
+        if on_trial:
+            on_trial(trial.number, dict(zip(space.names, w, strict=True)), ppl)
+        return ppl
+
+    return objective
+
+
+def _pruner(prune_fraction: float) -> optuna.pruners.BasePruner:
+    return optuna.pruners.MedianPruner(n_startup_trials=5) if prune_fraction else optuna.pruners.NopPruner()
+
+
 def search_weights(session: MergeSession, names: list[str], fixed: Params,
                    val: dict[str, tuple[torch.Tensor, torch.Tensor]], *, n_trials: int, sampler: str,
                    weight_range: list[float], searched: dict[str, tuple[float, float]], seed: int,
                    storage: Any, study_name: str, grid_points: int = 5, prune_fraction: float = 0.0,
                    on_trial: Callable[[int, dict[str, float], float], None] | None = None,
-                   label: str = "search") -> dict[str, Any]:
-    """Minimise pooled validation perplexity over weights ∈ weight_range (and `searched` parameters).
+                   label: str = "search", metric: str = "pooled_ppl") -> dict[str, Any]:
+    """Minimise the selection metric (pooled validation perplexity, or the geometric mean of the distributions'
+    perplexities: `metric`, see harness.arms.log_ppl_score) over weights ∈ weight_range (and `searched` parameters).
 
     `fixed` are the strategy's resolved parameters; a searched one is overwritten per trial (one shared value
     for per-model parameters). A sampled parameter combination the strategy rejects (e.g. DELLA's density ±
@@ -268,51 +373,14 @@ def search_weights(session: MergeSession, names: list[str], fixed: Params,
     failed (the caller holds the search's cache lock, so no live worker owns it) and ignored; and for in-place
     strategies the finished trials are replayed onto the session, so trial k runs on bitwise the model state it
     would have had (θ + Σ (c′ − c)Δ accumulates rounding in the order the trials ran).
+    Several processes on one study: `search_parallel`.
     """
-    low, high = weight_range
-    heads = {n: max(1, math.ceil(len(x) * prune_fraction)) for n, (x, _) in val.items()}
-    cuts = ([{n: (0, heads[n]) for n in val}, {n: (heads[n], len(val[n][0])) for n in val}] if prune_fraction
-            else [{n: (0, len(val[n][0])) for n in val}])
-    space = {f"w_{n}": [low + (high - low) * i / (grid_points - 1) for i in range(grid_points)] for n in names}
-    space |= {f"p_{k}": [a + (b - a) * i / (grid_points - 1) for i in range(grid_points)]
-              for k, (a, b) in searched.items()}
-
-    def params_of(values: dict[str, float]) -> Params:
-        p = dict(fixed)
-        for key in searched:
-            per_model = isinstance(p[key], list)
-            p[key] = [values[f"p_{key}"]] * len(names) if per_model else values[f"p_{key}"]
-        return p
-
-    def objective(trial: optuna.Trial) -> float:
-        w = [trial.suggest_float(f"w_{n}", low, high) for n in names]
-        values = {f"p_{k}": trial.suggest_float(f"p_{k}", a, b) for k, (a, b) in searched.items()}
-        params = params_of(values)
-        if session.strategy.constraint and (problem := session.strategy.constraint(params)):
-            trial.set_user_attr("infeasible", problem)
-            trial.set_user_attr("forward_tokens", 0)
-            raise optuna.TrialPruned()
-        session.set(w, params)
-        total, count, tokens = 0.0, 0, 0
-        for part in range(len(cuts)):  # [first slice, rest] when pruning, else [everything]
-            for n, (x, y) in val.items():
-                a, b = cuts[part][n]
-                s, c = nll(session.model, x[a:b], y[a:b])
-                total, count, tokens = total + s, count + c, tokens + int(x[a:b].numel())
-            trial.set_user_attr("forward_tokens", tokens)
-            if part == 0 and len(cuts) > 1:
-                trial.report(math.exp(total / count), step=0)
-                if trial.should_prune():
-                    raise optuna.TrialPruned()
-        ppl = math.exp(total / count)
-        if on_trial:
-            on_trial(trial.number, dict(zip(names, w, strict=True)), ppl)
-        return ppl
-
+    space = SearchSpace(names, fixed, weight_range, searched, grid_points)
+    objective = make_objective(session, space, val, prune_fraction, metric, on_trial)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=5) if prune_fraction else optuna.pruners.NopPruner()
-    study = optuna.create_study(study_name=study_name, storage=storage, sampler=trial_sampler(sampler, seed, 0, space),
-                                pruner=pruner, direction="minimize", load_if_exists=True)
+    study = optuna.create_study(study_name=study_name, storage=storage,
+                                sampler=trial_sampler(sampler, seed, 0, space.grid()), pruner=_pruner(prune_fraction),
+                                direction="minimize", load_if_exists=True)
     fail_stale_trials(study)
     done = finished_trials(study)
     if done:
@@ -320,23 +388,28 @@ def search_weights(session: MergeSession, names: list[str], fixed: Params,
         if session.theta0 is None:  # in place: rebuild the exact state the finished trials left
             for t in done:
                 if "infeasible" not in t.user_attrs:
-                    session.set([t.params[f"w_{n}"] for n in names],
-                                params_of({k: v for k, v in t.params.items() if k.startswith("p_")}))
+                    session.set(*space.of(t))
     while len(done) < n_trials:
-        study.sampler = trial_sampler(sampler, seed, len(done), space)
+        study.sampler = trial_sampler(sampler, seed, len(done), space.grid())
         study.optimize(objective, n_trials=1)
         done = finished_trials(study)
         last = done[-1]
         log.info("%s: trial %d/%d %s", label, len(done), n_trials,
                  f"val ppl {last.value:.4g}" if last.value is not None else "pruned")
+    return study_result(study, space, label)
+
+
+def study_result(study: optuna.Study, space: SearchSpace, label: str = "search") -> dict[str, Any]:
+    """The search's record, read from the study: its best trial (exactly `study.best_trial`), the trials
+    completed, pruned and infeasible, and the forward tokens all finished trials used."""
+    done = finished_trials(study)
     if not any(t.state == optuna.trial.TrialState.COMPLETE for t in done):
         raise MergeConfigError(f"{label}: no trial completed (every sampled parameter combination was pruned or "
                                "infeasible); widen the search or fix the parameters")
     best = study.best_trial
-    weights = {n: best.params[f"w_{n}"] for n in names}
-    best_params = params_of({k: v for k, v in best.params.items() if k.startswith("p_")})
+    weights, best_params = space.of(best)
     return {
-        "weights": weights,
+        "weights": dict(zip(space.names, weights, strict=True)),
         "params": best_params,
         "val_ppl": best.value,
         "best_trial": best.number,
@@ -347,15 +420,224 @@ def search_weights(session: MergeSession, names: list[str], fixed: Params,
     }
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Several processes on one study.
+
+
+@dataclass
+class WorkerSpec:
+    """Everything a search worker needs to rebuild its MergeSession from files and join the study: plain data, so
+    it pickles into a spawned process and round-trips through JSON for a separate job (`python -m dem.search
+    SPEC.json`)."""
+
+    base: str  # θ₀'s checkpoint folder
+    vectors: list[str]  # the distribution vectors' safetensors files, in `names` order
+    sha256: list[str]  # their hashes: a worker merges only the bytes the manifest recorded
+    merge: str  # strategy name
+    fixed: Params  # the strategy's resolved parameters
+    names: list[str]
+    storage: str | None  # a journal file path or an RDB URL (storage_location); None (memory) cannot be shared
+    study_name: str
+    n_trials: int  # the study's whole budget
+    sampler: str
+    weight_range: list[float]
+    searched: dict[str, tuple[float, float]]
+    seed: int
+    grid_points: int = 5
+    prune_fraction: float = 0.0
+    metric: str = "pooled_ppl"
+    val: str = ""  # a torch.save file of {name: (x, y)}; needed only when run_worker is not handed the tensors
+    device: str = "cpu"
+    dtype: str = "float32"
+    options: dict[str, bool] = field(default_factory=dict)  # harness.models.LoadOptions fields
+    vectors_on: VectorsOn = "device"
+    plugins: list[str] = field(default_factory=list)  # strategy files (dem.plugins): a fresh process lacks them
+    label: str = "search"
+    trials: int = 0  # how many trials this worker runs (worker_specs splits n_trials)
+    threads: int = 0  # torch threads for this worker; 0: torch's default
+    worker: int = 0  # this worker's index, for logs
+
+    def space(self) -> SearchSpace:
+        return SearchSpace(self.names, self.fixed, list(self.weight_range), dict(self.searched), self.grid_points)
+
+    def save(self, path: Path) -> Path:
+        path.write_text(json.dumps(dataclasses.asdict(self), indent=2))
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> WorkerSpec:
+        return cls(**json.loads(Path(path).read_text()))
+
+
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    """`trial_sampler(name, seed, trial.number)`, built afresh for every trial: Optuna numbers trials atomically in
+    the storage, so workers sharing a study never seed two trials alike, and no RNG state crosses processes."""
+
+    def __init__(self, name: str, seed: int, grid: dict[str, list[float]]) -> None:
+        self.name, self.seed, self.grid = name, seed, grid
+        self.inner = trial_sampler(name, seed, 0, grid)
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.inner = trial_sampler(self.name, self.seed, trial.number, self.grid)
+        self.inner.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+        return self.inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
+                        search_space: dict[str, Any]) -> dict[str, Any]:
+        return self.inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, param_name: str,
+                           param_distribution: Any) -> Any:
+        return self.inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: optuna.trial.TrialState,
+                    values: Sequence[float] | None) -> None:
+        self.inner.after_trial(study, trial, state, values)
+
+
+def _join(spec: WorkerSpec, *, repair: bool) -> optuna.Study:
+    """Create or load the spec's study (concurrent creators are fine: the loser loads the winner's study)."""
+    if spec.storage is None:
+        raise MergeConfigError(f"{spec.label}: dem.storage=memory lives in one process, so search workers cannot "
+                               "share it; use journal, sqlite or an RDB URL, or dem.search_workers=1")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(study_name=spec.study_name, storage=open_storage(spec.storage, repair=repair),
+                               sampler=TrialSeededSampler(spec.sampler, spec.seed, spec.space().grid()),
+                               pruner=_pruner(spec.prune_fraction), direction="minimize", load_if_exists=True)
+
+
+def worker_specs(spec: WorkerSpec, workers: int) -> list[WorkerSpec]:
+    """Ready the study for `workers` workers and split what is left of its budget among them (shares differ by at
+    most one and sum to exactly what is left); each worker gets the parent's torch threads divided by `workers`,
+    so together they use the cores the parent would have. A job on another machine may override `threads`.
+
+    Call it only while no worker of this study is alive (the search's cache lock guarantees it): it repairs a
+    torn journal and fails the trials a killed search left RUNNING, which no live process could finish."""
+    if workers < 1:
+        raise MergeConfigError(f"{spec.label}: search workers must be at least 1, not {workers}")
+    study = _join(spec, repair=True)
+    fail_stale_trials(study)
+    left = max(0, spec.n_trials - len(finished_trials(study)))
+    threads = max(1, torch.get_num_threads() // workers)
+    shares = [left // workers + (i < left % workers) for i in range(workers)]
+    return [dataclasses.replace(spec, trials=n, threads=threads, worker=i) for i, n in enumerate(shares) if n]
+
+
+def run_worker(spec: WorkerSpec, val: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> list[int]:
+    """One search worker: rebuild the session (θ₀ from its folder, the hash-checked vectors), join the study and
+    finish `spec.trials` trials (pruned ones count; a trial that fails, e.g. on a NaN score, is run again).
+    Returns the numbers of the trials it finished. It never touches trials it did not start: other workers may
+    be running them. `val`: the validation blocks, else loaded from `spec.val`."""
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    for path in spec.plugins:
+        load_strategy_file(path)
+    runtime = Runtime(torch.device(spec.device), DTYPES[spec.dtype])
+    streamed = spec.vectors_on == "cpu"
+    vectors = load_vectors([Path(p) for p in spec.vectors], spec.sha256,
+                           device="cpu" if streamed else runtime.device,
+                           pin_memory=streamed and runtime.device.type == "cuda")
+    model = load_model(Path(spec.base), runtime, LoadOptions(**spec.options))
+    strategy = get_strategy(spec.merge)
+    session = MergeSession(model, vectors, strategy, spec.fixed, spec.seed, vectors_on=spec.vectors_on)
+    val = val if val is not None else torch.load(spec.val, weights_only=True)
+    objective = make_objective(session, spec.space(), val, spec.prune_fraction, spec.metric)
+    study = _join(spec, repair=False)  # never repair here: another worker may be appending the last record
+    finished: list[int] = []
+
+    def note(_: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state in FINISHED:
+            finished.append(trial.number)
+            log.info("%s worker %d: trial #%d %s (%d/%d)", spec.label, spec.worker, trial.number,
+                     "pruned" if trial.state == optuna.trial.TrialState.PRUNED else f"val ppl {trial.value:.4g}",
+                     len(finished), spec.trials)
+
+    while len(finished) < spec.trials:
+        study.optimize(objective, n_trials=spec.trials - len(finished), callbacks=[note])
+    return finished
+
+
+def search_parallel(spec: WorkerSpec, val: dict[str, tuple[torch.Tensor, torch.Tensor]], workers: int,
+                    on_trial: Callable[[int, dict[str, float], float], None] | None = None) -> dict[str, Any]:
+    """`search_weights` with `workers` processes on one study: the same record, its best exactly the study's
+    `best_trial`. Each worker rebuilds its own session from `spec` (spawned, so no torch thread pool is forked)
+    and runs its share of the budget (`worker_specs`).
+
+    Not bitwise reproducible: which worker asks for the next trial, and so what each proposal sees of the
+    finished trials and which model state it starts from, depends on timing. A killed parallel search resumes
+    like a single one: its workers die with it (`die_with_parent`), so the rerun, under the search's lock, fails
+    the trials they left RUNNING and runs what is left of the budget.
+    `on_trial` is called afterwards, in trial-number order, for the trials this call completed."""
+    specs = worker_specs(spec, workers)
+    study = _join(spec, repair=False)
+    before = {t.number for t in finished_trials(study)}
+    if specs:
+        log.info("%s: %d workers, %d torch threads each, trials %s", spec.label, len(specs), specs[0].threads,
+                 "+".join(str(s.trials) for s in specs))
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(len(specs), mp_context=context) as pool:
+            for future in [pool.submit(_spawned, s, val, os.getpid()) for s in specs]:
+                future.result()
+    space = spec.space()
+    for t in finished_trials(study):
+        if on_trial and t.number not in before and t.state == optuna.trial.TrialState.COMPLETE:
+            on_trial(t.number, dict(zip(space.names, space.of(t)[0], strict=True)), t.value)
+    return study_result(study, space, spec.label)
+
+
+def _spawned(spec: WorkerSpec, val: dict[str, tuple[torch.Tensor, torch.Tensor]], parent: int) -> list[int]:
+    """run_worker in a process search_parallel spawned: tied to the parent's life, logging set up (the parent's
+    configuration does not reach a fresh interpreter)."""
+    die_with_parent(parent)
+    _log_to_stderr()
+    return run_worker(spec, val)
+
+
+def die_with_parent(parent: int) -> None:
+    """Linux: have the kernel SIGKILL this process when `parent` dies. A killed search then leaves no worker
+    writing to its study, which is what lets the rerun (under the search's lock) fail every RUNNING trial.
+    Elsewhere a worker outlives a killed parent by its current share: wait for it before rerunning."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before that took effect
+            os._exit(1)
+
+
+def _log_to_stderr() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m dem.search WORKER_SPEC.json`: one worker as its own job (specs from `worker_specs`, written with
+    `WorkerSpec.save`, `val` saved with torch.save); prints the numbers of the trials it finished."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        raise SystemExit("usage: python -m dem.search WORKER_SPEC.json")
+    _log_to_stderr()
+    print(json.dumps({"finished": run_worker(WorkerSpec.load(Path(args[0])))}))
+
+
+def score(sums: dict[str, list], metric: str) -> float:
+    """The selection metric from per-distribution (summed nll, tokens): pooled perplexity, or exp of the mean over
+    distributions of log perplexity (each distribution weighs the same, however short its responses)."""
+    if metric == "pooled_ppl":
+        return math.exp(sum(s for s, _ in sums.values()) / sum(c for _, c in sums.values()))
+    return math.exp(sum(s / c for s, c in sums.values()) / len(sums))
+
+
 def trial_sampler(name: str, seed: int, k: int, space: dict[str, list[float]]) -> optuna.samplers.BaseSampler:
     """The sampler that proposes the k-th finished trial, seeded from (seed, k): proposals depend only on the
     study's finished trials and k, never on how many processes the search took."""
     return SAMPLERS[name](stable_seed(seed, "trial", str(k)) % 2**31, space)
 
 
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)  # what counts toward n_trials
+
+
 def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    return sorted(study.get_trials(deepcopy=False, states=states), key=lambda t: t.number)
+    return sorted(study.get_trials(deepcopy=False, states=FINISHED), key=lambda t: t.number)
 
 
 def fail_stale_trials(study: optuna.Study) -> None:
@@ -386,3 +668,7 @@ def repair_journal(path: Path) -> None:
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         tmp.write_bytes(repaired)
         os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    main()

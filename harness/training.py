@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -33,16 +34,35 @@ class Blocks(torch.utils.data.Dataset):
         return {"input_ids": self.x[i], "labels": self.y[i]}
 
 
+def processes() -> int:
+    """How many processes train this run together: WORLD_SIZE, which torchrun and `accelerate launch` set."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def per_device_batch(batch_size: int, n_processes: int) -> int:
+    """The per-process batch that keeps the global batch at `batch_size`, so N processes take the same optimizer
+    steps on the same tokens as one (and cost records stay comparable)."""
+    if batch_size % n_processes:
+        raise ValueError(f"budget.batch_size={batch_size} does not split over {n_processes} processes; "
+                         f"use a multiple of {n_processes} or launch a divisor of {batch_size} processes")
+    return batch_size // n_processes
+
+
 def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int, lr: float,
           warmup_ratio: float, weight_decay: float, seed: int, grad_accum_steps: int = 1,
           gradient_checkpointing: bool = False) -> dict[str, Any]:
     """One epoch over the blocks with AdamW + cosine schedule, on the model's own device and in its dtype
-    (bf16 weights train in bf16 under autocast); returns tokens, FLOPs, device-seconds and losses."""
+    (bf16 weights train in bf16 under autocast); returns tokens, FLOPs, device-seconds and losses.
+
+    `batch_size` is the global batch per micro-step: under torchrun / `accelerate launch` (DDP through Trainer)
+    each of the N processes takes batch_size / N blocks, and Trainer's distributed sampler deals them out of the
+    same shuffled order, so every optimizer step sees the blocks one process would have (gradients averaged)."""
     on_cpu = model.device.type == "cpu"
+    n_processes = processes()
     with tempfile.TemporaryDirectory() as scratch:
         args = TrainingArguments(
             output_dir=scratch,
-            per_device_train_batch_size=batch_size,
+            per_device_train_batch_size=per_device_batch(batch_size, n_processes),
             gradient_accumulation_steps=grad_accum_steps,
             gradient_checkpointing=gradient_checkpointing,
             num_train_epochs=1,
@@ -59,22 +79,24 @@ def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_siz
             bf16=model.dtype == torch.bfloat16,
             dataloader_num_workers=0,
         )
+        if args.world_size != n_processes:  # a launcher that does not set WORLD_SIZE would change the global batch
+            raise RuntimeError(f"Trainer sees {args.world_size} processes but WORLD_SIZE is {n_processes}: launch "
+                               "with torchrun or `accelerate launch`, which set it")
         trainer = Trainer(model=model, args=args, train_dataset=Blocks(x, y), data_collator=default_data_collator)
         start = time.perf_counter()
         out = trainer.train()
         wall = time.perf_counter() - start
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     tokens = int(x.numel())
-    processes = args.world_size
     return {
         "train_tokens": tokens,
         "loss_tokens": int((y != -100).sum()),
         "train_flops": cost.train_flops(model.config, tokens, x.shape[1]),
         "train_wall_s": wall,
-        "train_device_s": wall * processes,  # every process holds one device for the whole run
+        "train_device_s": wall * n_processes,  # every process holds one device for the whole run
         "device": device_name(model.device),
-        "processes": processes,
-        "effective_batch": batch_size * grad_accum_steps * processes,
+        "processes": n_processes,
+        "effective_batch": args.per_device_train_batch_size * grad_accum_steps * n_processes,
         "dtype": str(model.dtype).removeprefix("torch."),
         "train_loss": float(out.training_loss),
         "loss_first": losses[0] if losses else None,
@@ -83,17 +105,19 @@ def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_siz
     }
 
 
-def finetune(out_dir: Path, base_dir: Path, pools: dict[str, list[Sequence_]], weights: dict[str, float],
+def finetune(out_dir: Path | None, base_dir: Path, pools: dict[str, list[Sequence_]], weights: dict[str, float],
              budget: Any, seed: int, pad_id: int, runtime: Runtime = CPU_FP32, options: LoadOptions | None = None,
              gradient_checkpointing: bool = False) -> dict[str, Any]:
-    """Fine-tune the base on a weighted mixture (one distribution = weight 1) for the token budget; save it."""
+    """Fine-tune the base on a weighted mixture (one distribution = weight 1) for the token budget; save it into
+    out_dir (None: a helper rank of a distributed run, which trains alongside rank 0 but saves nothing)."""
     seqs = sample_mixture(pools, weights, budget.train_tokens, seed)
     x, y = pack(seqs, budget.seq_len, pad_id, max_blocks=budget.train_tokens // budget.seq_len)
     model = load_model(base_dir, runtime, options or LoadOptions())
     record = train(model, x, y, batch_size=budget.batch_size, lr=budget.lr, warmup_ratio=budget.warmup_ratio,
                    weight_decay=budget.weight_decay, seed=seed, grad_accum_steps=budget.grad_accum_steps,
                    gradient_checkpointing=gradient_checkpointing)
-    model.save_pretrained(out_dir)
+    if out_dir is not None:
+        model.save_pretrained(out_dir)
     log.info("trained %s: %d tokens, loss %.3f -> %.3f, %.1fs", weights, record["train_tokens"],
              record["loss_first"] or float("nan"), record["loss_last"] or float("nan"), record["train_wall_s"])
     return {**record, "weights": weights}
