@@ -23,20 +23,23 @@ from omegaconf import DictConfig
 
 from baselines import heuristics, regmix
 from baselines.grid import simplex_grid
+from harness import cost
 from harness.arms import ArmError, Candidate, Context, Planned, register_arm
 from harness.cache import Entry
+from harness.runs import RunSpec
 
 METHODS = ("grid", "regmix", "uniform", "proportional", "temperature")
 
 
-def full_run_tokens(ctx: Context, n_full_runs: int, proxy_tokens: int = 0) -> int:
-    """Tokens of each full run of a method under `budget.mode` (whole blocks of budget.seq_len)."""
+def full_run_tokens(ctx: Context, n_full_runs: int, proxy_flops: float = 0.0) -> int:
+    """Tokens of each full run of a method under `budget.mode` (whole blocks of budget.seq_len): under
+    matched_total, what is left of DEM's training FLOPs after the method's proxies, shared by its full runs."""
     budget = ctx.cfg.budget
     if budget.mode == "per_run":
         return int(budget.train_tokens)
     dem_flops = len(ctx.names) * ctx.train_flops(budget.train_tokens)  # the DEM arm: one run per distribution
     per_token = ctx.train_flops(budget.seq_len) / budget.seq_len
-    tokens = (dem_flops - proxy_tokens * per_token) / (n_full_runs * per_token)
+    tokens = (dem_flops - proxy_flops) / (n_full_runs * per_token)
     blocks = int(tokens // budget.seq_len)
     step = budget.batch_size * budget.grad_accum_steps
     if blocks < step:
@@ -118,38 +121,55 @@ class Fixed(Method):
 
 
 class RegMix(Method):
+    """Proxies on the compared model, or on a smaller `mixing.proxy_model` preset (its own base, tokenizer and
+    validation tokens); the full run on the compared model."""
+
     def __init__(self, label: str, cfg: DictConfig) -> None:
         super().__init__(label, cfg)
         self.fit: dict[str, Any] | None = None
 
+    def proxy_ctx(self, ctx: Context) -> Context:
+        preset = self.cfg.mixing.proxy_model
+        return ctx.for_model(preset) if preset and ctx.for_model else ctx
+
     def proxies(self, ctx: Context) -> list:
         m = self.cfg.mixing
         mixtures = regmix.dirichlet_mixtures(ctx.names, m.proxies, ctx.seeds.train, m.dirichlet_alpha)
-        return [ctx.run_spec(w, train_tokens=m.proxy_tokens) for w in mixtures]
+        return [self.proxy_ctx(ctx).run_spec(w, train_tokens=m.proxy_tokens) for w in mixtures]
+
+    def proxy_flops(self, ctx: Context) -> float:
+        m = self.cfg.mixing
+        return m.proxies * self.proxy_ctx(ctx).train_flops(m.proxy_tokens)
 
     def final_tokens(self, ctx: Context) -> int:
-        m = self.cfg.mixing
-        return full_run_tokens(ctx, 1, proxy_tokens=m.proxies * m.proxy_tokens)
+        return full_run_tokens(ctx, 1, proxy_flops=self.proxy_flops(ctx))
 
     def plan(self, ctx: Context, done: Mapping[str, Entry]) -> list[Planned]:
         proxies = self.proxies(ctx)
-        planned = [Planned(self.label, s, f"proxy {i + 1}/{len(proxies)}") for i, s in enumerate(proxies)]
+        flops = self.proxy_ctx(ctx).train_flops(self.cfg.mixing.proxy_tokens)
+        on = f" on {self.cfg.mixing.proxy_model}" if self.cfg.mixing.proxy_model else ""
+        planned = [Planned(self.label, s, f"proxy {i + 1}/{len(proxies)}{on}", flops=flops)
+                   for i, s in enumerate(proxies)]
         if not all(s.key in done for s in proxies):
             return [*planned, Planned(self.label, None, "full run of the predicted-best mixture (after the proxies)",
                                       train_tokens=self.final_tokens(ctx))]
         return [*planned, Planned(self.label, self._final(ctx, done), "full run of the predicted-best mixture")]
 
-    def _final(self, ctx: Context, done: Mapping[str, Entry]):
+    def _final(self, ctx: Context, done: Mapping[str, Entry]) -> RunSpec:
         """Measure the proxies, fit the regression, pick the mixture (once per comparison)."""
         if self.fit is None:
             m = self.cfg.mixing
+            pctx = self.proxy_ctx(ctx)
             proxies = self.proxies(ctx)
-            ppl = [ctx.measure(done[s.key].record["key"], lambda s=s: ctx.load(done[s.key].path)) for s in proxies]
+            ppl = [pctx.measure(done[s.key].record["key"], lambda s=s: pctx.load(done[s.key].path)) for s in proxies]
             losses = [math.log(ctx.score(p)) for p in ppl]  # log of the metric: a validation loss
             self.fit = regmix.predict_best(ctx.names, [full(ctx, s.weights) for s in proxies], losses,
                                            ctx.seeds.train, m.candidates, m.top_k, m.dirichlet_alpha)
             self.fit["proxy_forward_tokens"] = sum(p["forward_tokens"] for p in ppl)
+            self.fit["proxy_forward_flops"] = cost.forward_flops(pctx.model_config, self.fit["proxy_forward_tokens"],
+                                                                 ctx.cfg.budget.seq_len)
             self.fit["proxy_losses"] = losses
+            self.fit["proxy_model"] = m.proxy_model or ctx.cfg.model.preset
         return ctx.run_spec(self.fit["weights"], train_tokens=self.final_tokens(ctx))
 
     def select(self, ctx: Context, done: Mapping[str, Entry]) -> Candidate:
@@ -161,7 +181,8 @@ class RegMix(Method):
                          fit["proxy_forward_tokens"],
                          {"method": "regmix", "weights": full(ctx, final.weights),
                           "proxy_tokens": self.cfg.mixing.proxy_tokens,
-                          **{k: v for k, v in fit.items() if k not in ("weights", "proxy_forward_tokens")}})
+                          **{k: v for k, v in fit.items() if k not in ("weights", "proxy_forward_tokens")}},
+                         selection_flops=fit["proxy_forward_flops"])
 
 
 def make_method(label: str, method: str, cfg: DictConfig) -> Method:

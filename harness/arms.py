@@ -43,6 +43,7 @@ class Planned:
     spec: RunSpec | None
     note: str = ""  # what the run is for (e.g. "grid point", "proxy 3/12", "full run of the predicted mixture")
     train_tokens: int = 0  # for a placeholder: the tokens it will train on (so the plan can cost it)
+    flops: float | None = None  # its training FLOPs when not the compared model's (a RegMix proxy model's)
 
 
 @dataclass
@@ -55,6 +56,7 @@ class Candidate:
     runs: list[str]  # keys of every training run charged to it (proxies and grid points included)
     selection_forward_tokens: int  # forward tokens its selection used (search trials, candidates' validation)
     selected: dict[str, Any] = field(default_factory=dict)  # what was chosen, and how
+    selection_flops: float | None = None  # when its selection ran on another model (proxies); else from tokens
 
 
 @dataclass
@@ -81,6 +83,7 @@ class Context:
     val: dict[str, Any] = field(default_factory=dict)  # packed validation blocks per distribution
     measure: Callable[[str, Callable[[], Any]], dict[str, Any]] | None = None  # a model's perplexity record
     load: Callable[[Path], Any] | None = None  # open a saved model on the comparison's device
+    for_model: Callable[[str], Context] | None = None  # the same context for another `model` preset (proxies)
 
 
 class Arm(Protocol):

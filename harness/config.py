@@ -92,6 +92,7 @@ class MixingConfig:
     temperature: float = 2.0  # temperature: p_i ∝ size_i^(1/τ) (τ = 1 proportional, large τ uniform)
     proxies: int = 12  # regmix: K short proxy runs (at least one more than the number of distributions)
     proxy_tokens: int = 16384  # regmix: training tokens of each proxy run
+    proxy_model: str | None = None  # regmix: a smaller `model` preset the proxies train (None: the compared model)
     dirichlet_alpha: float = 1.0  # regmix: proxies and candidates sample mixtures from Dirichlet(α)
     candidates: int = 100_000  # regmix: simulated mixtures scored by the regression
     top_k: int = 100  # regmix: the predicted-best mixtures averaged into the one trained
@@ -373,8 +374,9 @@ def _check_mixing(c: DictConfig) -> list[str]:
         if arm not in registered:
             problems.append(f"arms: unknown arm '{arm}'.{did_you_mean(arm, sorted(registered))} "
                             f"Available: {', '.join(sorted(registered))}")
-    if len(set(c.arms)) != len(c.arms) or not c.arms:
-        problems.append(f"arms={list(c.arms)}: a non-empty list of distinct arms")
+    if len(set(c.arms)) != len(c.arms) or not {"data_mixing", "dem"} <= set(c.arms):
+        problems.append(f"arms={list(c.arms)}: distinct arms, including data_mixing and dem (the comparison every "
+                        "report and cost ratio is about); add others beside them")
     methods = [m.method, *m.compare]
     for method in methods:
         if method not in MIXING_METHODS:
@@ -404,6 +406,9 @@ def _check_mixing(c: DictConfig) -> list[str]:
         if c.budget.mode == "matched_total" and m.proxies * m.proxy_tokens >= len(names) * c.budget.train_tokens:
             problems.append(f"mixing.proxies x proxy_tokens = {m.proxies * m.proxy_tokens}: leaves no budget for "
                             "RegMix's full run under budget.mode=matched_total")
+        if m.proxy_model is not None and m.proxy_model not in presets("model"):
+            problems.append(f"mixing.proxy_model: unknown model preset '{m.proxy_model}'."
+                            f"{did_you_mean(m.proxy_model, presets('model'))} Available: {', '.join(presets('model'))}")
         if m.candidates < m.top_k or m.top_k < 1:
             problems.append(f"mixing.top_k={m.top_k}: must be in [1, mixing.candidates={m.candidates}]")
     if m.dirichlet_alpha <= 0:

@@ -22,7 +22,7 @@ from harness import cost, provenance
 from harness.arms import Arm, Candidate, Context, Planned, log_ppl_score, make_arm
 from harness.base import load_options, prepare_base, runtime_spec
 from harness.cache import Entry, RunCache, spec_key
-from harness.config import plain
+from harness.config import CONF_DIR, ModelConfig, plain
 from harness.data import bbh_object_counting, generate_splits
 from harness.evaluation import (
     TASK_VERSION,
@@ -94,13 +94,12 @@ def _compare(cfg: DictConfig, output_dir: Path, sweep: dict[str, str]) -> Path:
 
     # 7. Statistics from the per-sample results, cost and quality; the report (summary.json last: it marks the
     #    run complete).
-    main_rows = [label for label in ("dem", "data_mixing") if label in methods]
     summary = {
         "methods": methods,
         **cost_ratios(methods),
         "selection_metric": cfg.selection.metric,
         "statistics": statistics(methods, evaluator.samples, evaluator.ppl_blocks, evaluator.headline,
-                                 evaluator.groups, seed=cfg.seeds.search) if main_rows else {},
+                                 evaluator.groups, seed=cfg.seeds.search),
         "chance": evaluator.chance(),
         "task_versions": {t: r["version"] for t, r in evaluator.results.items()},
         "headline_metrics": evaluator.headline,
@@ -181,6 +180,19 @@ def make_context(cfg: DictConfig, cache: RunCache, out: Path, splits: dict[str, 
             return cache.get_or_create("ppl", spec, lambda d: perplexity(open_model(), ctx.val)).record
 
         ctx.measure = measure
+    others: dict[str, Context] = {}
+
+    def for_model(preset: str) -> Context:
+        """This comparison's context for another model preset (RegMix's proxy model): same data and device."""
+        if preset not in others:
+            model = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(CONF_DIR / "model" /
+                                                                                       f"{preset}.yaml"))
+            model.device, model.dtype = cfg.model.device, cfg.model.dtype
+            sub = OmegaConf.merge(cfg, {"model": model})
+            others[preset] = make_context(sub, cache, out, splits, build)
+        return others[preset]
+
+    ctx.for_model = for_model
     return ctx
 
 
@@ -221,7 +233,8 @@ def plan_text(ctx: Context, arms: list[Arm], done: Mapping[str, Entry]) -> str:
             continue
         tokens = p.spec.train_tokens if p.spec else p.train_tokens
         arm = "+".join(arms_of[p.spec.key]) if p.spec else p.arm
-        table.append(Row(arm, p.spec.label if p.spec else "(to be chosen)", p.note, tokens, ctx.train_flops(tokens),
+        flops = p.flops if p.flops is not None else ctx.train_flops(tokens)
+        table.append(Row(arm, p.spec.label if p.spec else "(to be chosen)", p.note, tokens, flops,
                          p.spec is not None and ctx.cache.has("train", p.spec.cache_spec())))
         if p.spec is not None:
             listed.add(p.spec.key)
@@ -343,7 +356,8 @@ def method_entry(ctx: Context, c: Candidate, done: Mapping[str, Entry], evaluato
     ppl = ctx.measure(c.model_key, c.open)
     evaluator.ppl_blocks[c.label] = ppl["blocks"]
     train_flops = sum(r["train_flops"] for r in records)
-    selection_flops = cost.forward_flops(ctx.model_config, c.selection_forward_tokens, ctx.cfg.budget.seq_len)
+    selection_flops = c.selection_flops if c.selection_flops is not None else cost.forward_flops(
+        ctx.model_config, c.selection_forward_tokens, ctx.cfg.budget.seq_len)
     return {
         "train_tokens": sum(r["train_tokens"] for r in records),
         "train_flops": train_flops,

@@ -100,11 +100,10 @@ def run_table(rows: list[Row], flops_per_s: float, how: str) -> str:
     lines = [f"plan: {len(rows)} training run(s), {len(rows) - len(to_train)} in the cache, {len(to_train)} to train: "
              f"{tokens:,} tokens, {flops:.3g} FLOPs, ≈ {_duration(flops / flops_per_s)} at {flops_per_s:.3g} FLOP/s "
              f"({how})",
-             f"  {'needed by':<26} {'run':<44} {'tokens':>10} {'FLOPs':>9} {'est. time':>9}  status"]
+             f"  {'needed by':<26} {'run':<36} {'for':<36} {'tokens':>10} {'FLOPs':>9} {'est. time':>9}  status"]
     for r in rows:
         status = "cached" if r.cached else "to train"
-        run = f"{r.run} ({r.note})" if r.note else r.run
-        lines.append(f"  {r.arm:<26} {run[:44]:<44} {r.tokens:>10,} {r.flops:>9.3g} "
+        lines.append(f"  {r.arm:<26} {r.run[:36]:<36} {r.note[:36]:<36} {r.tokens:>10,} {r.flops:>9.3g} "
                      f"{_duration(r.flops / flops_per_s):>9}  {status}")
     return "\n".join(lines)
 

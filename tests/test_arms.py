@@ -117,3 +117,26 @@ def test_the_embedded_pipeline_reproduces_its_pre_plugin_numbers(tmp_path):
         assert got["train_flops"] == want["train_flops"], name
         assert got["search_forward_tokens"] == want["search_forward_tokens"], name
         assert {n: w for n, w in got["selected"].get("weights", {}).items() if w > 0} == want["weights"], name
+
+
+@pytest.mark.slow
+def test_regmix_proxies_on_a_smaller_model_preset(tmp_path):
+    """mixing.proxy_model: the proxies train (and are measured) on `pico`, the full run on the compared model,
+    each charged at its own model's FLOPs."""
+    proc = subprocess.run([sys.executable, "-m", "harness", *MICRO, "mixing=regmix", "mixing.proxy_model=pico",
+                           "mixing.proxies=4", "mixing.proxy_tokens=1024", "mixing.candidates=2000", "mixing.top_k=20",
+                           "mixing.grid_step=1", "dem.n_trials=2", "eval.helm.robustness=false",
+                           f"output_dir={tmp_path / 'out'}", f"cache_dir={tmp_path / 'cache'}"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    mixing = json.loads((tmp_path / "out" / "summary.json").read_text())["methods"]["data_mixing"]
+    assert mixing["selected"]["proxy_model"] == "pico" and mixing["runs"] == 5
+    records = [json.loads(f.read_text()) for f in (tmp_path / "cache").glob("train/*/record.json")]
+    per_token = {}  # training FLOPs per token of each base (pico proxies, micro runs)
+    for r in records:
+        per_token[r["spec"]["base"]] = r["train_flops"] / r["train_tokens"]
+    assert len(per_token) == 2  # the pico proxies and the micro runs start from different bases
+    proxy_fpt, full_fpt = sorted(per_token.values())
+    full_tokens = mixing["train_tokens"] - 4 * 1024
+    assert mixing["train_flops"] == pytest.approx(4 * 1024 * proxy_fpt + full_tokens * full_fpt)  # each at its own
+    assert "on pico" in proc.stdout + proc.stderr  # the plan says where the proxies run

@@ -1,10 +1,12 @@
 """Kill the micro run with SIGKILL at points chosen from its own progress log — during training, mid-search after
 some trials, during evaluation — rerun the same command each time, and compare the final summary.json field by
-field with an uninterrupted run's: identical, wall-clock fields aside."""
+field with an uninterrupted run's: identical, wall-clock fields aside
+(floats to float32 rounding)."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -58,6 +60,10 @@ def _diff(a, b, path: str = "") -> list[str]:
         return [d for k in sorted(set(a) | set(b)) for d in _diff(a.get(k), b.get(k), f"{path}.{k}")]
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
         return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in _diff(x, y, f"{path}[{i}]")]
+    if isinstance(a, float) and isinstance(b, float):
+        # Scores are equal to float32 rounding, not always bitwise: a model evaluated in a fresh process can get a
+        # different buffer alignment, and oneDNN picks kernels by alignment (seen in CI: ECE off by 1e-6 relative).
+        return [] if math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-9) else [f"{path}: {a!r} != {b!r}"]
     return [] if a == b else [f"{path}: {a!r} != {b!r}"]
 
 
@@ -67,7 +73,7 @@ def test_sigkill_at_any_stage_then_rerun_gives_the_uninterrupted_summary(tmp_pat
     assert reference.returncode == 0, reference.stderr[-3000:]
 
     out, cache = tmp_path / "out", tmp_path / "cache"
-    _run_until(out, cache, "cache miss train/", occurrence=3, delay=0.5)  # during the 3rd training run
+    _run_until(out, cache, "cache miss train/", occurrence=3, delay=0.1)  # during the 3rd training run
     assert list(cache.glob("train/.*.tmp-*")), "the kill should leave a half-built entry behind"
     log = _run_until(out, cache, "dem search: trial 3/8")  # mid-search, after 3 finished trials
     assert "removing" in log and ".tmp-" in log  # the dead build's debris was cleaned up

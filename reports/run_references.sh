@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The commands behind the committed reference reports (reports/README.md). Run from the repository root after
+# `make smollm2` (or `make test`). Each writes to runs/ref/<name>/ and is timed; the reports/ folders hold copies of
+# their report.md, summary.json, results.csv and cost_quality.png (and, for sweeps, the aggregate files).
+#   bash reports/run_references.sh [smollm2-cpu|smollm2-real|default-cpu-seeds|baselines-cpu ...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=.venv/bin
+cache=runs/ref/cache
+names=("$@")
+[ ${#names[@]} -eq 0 ] && names=(smollm2-cpu smollm2-real default-cpu-seeds baselines-cpu)
+
+timed() {  # name, command...
+  local name=$1; shift
+  local start=$(date +%s)
+  "$@"
+  echo "$name: $(( $(date +%s) - start )) s wall" | tee -a runs/ref/times.txt
+}
+
+mkdir -p runs/ref
+for name in "${names[@]}"; do
+  case $name in
+    smollm2-cpu)   # issue 6: SmolLM2-135M trained and merged on a 2-core CPU
+      timed $name $bin/dem-bench model=smollm2 budget=smollm2_cpu data.n_val=40 eval.limit=100 dem.n_trials=12 \
+        cache_dir=$cache output_dir=runs/ref/$name ;;
+    smollm2-real)  # issue 7: the real FLAN CoT / SNI / MathQA files in ../shared/data/real
+      timed $name $bin/dem-bench model=smollm2 data=real budget=smollm2_cpu data.n_val=30 eval.limit=100 \
+        dem.n_trials=12 cache_dir=$cache output_dir=runs/ref/$name ;;
+    default-cpu-seeds)  # issue 9: the embedded default over 3 seeds, aggregated
+      timed $name $bin/dem-bench -m seed=0,1,2 cache_dir=$cache hydra.sweep.dir=runs/ref/$name
+      $bin/dem-bench-report runs/ref/$name --wandb disabled ;;
+    baselines-cpu)  # issue 10: grid, RegMix, uniform, proportional, temperature vs DEM under both budget modes
+      timed $name-per_run $bin/dem-bench mixing=baselines budget.mode=per_run cache_dir=$cache \
+        output_dir=runs/ref/$name/per_run
+      timed $name-matched_total $bin/dem-bench mixing=baselines budget.mode=matched_total cache_dir=$cache \
+        output_dir=runs/ref/$name/matched_total ;;
+    *) echo "unknown reference '$name'" >&2; exit 2 ;;
+  esac
+done
