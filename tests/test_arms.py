@@ -18,7 +18,7 @@ from harness.arms import ARMS, Candidate, Context, Planned, register_arm
 from harness.cache import Entry
 from harness.config import validate
 from harness.models import device_name
-from tests.conftest import MICRO, compose_cfg
+from tests.conftest import MICRO, MICRO_PINNED, compose_cfg
 
 PIN = Path(__file__).parent / "data" / "micro_pin.json"
 
@@ -106,7 +106,7 @@ def test_the_embedded_pipeline_reproduces_its_pre_plugin_numbers(tmp_path):
     here = (device_name(torch.device("cpu")), torch.backends.cpu.get_cpu_capability(), torch.__version__)
     if here != (pin["cpu"], pin["cpu_capability"], pin["torch"]):
         pytest.skip(f"pinned on {pin['cpu']} {pin['cpu_capability']} torch {pin['torch']}; this machine: {here}")
-    proc = subprocess.run([sys.executable, "-m", "harness", *MICRO, f"output_dir={tmp_path / 'out'}",
+    proc = subprocess.run([sys.executable, "-m", "harness", *MICRO_PINNED, f"output_dir={tmp_path / 'out'}",
                            f"cache_dir={tmp_path / 'cache'}"], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     methods = json.loads((tmp_path / "out" / "summary.json").read_text())["methods"]

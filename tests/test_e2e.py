@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MICRO
+from tests.conftest import MICRO_PINNED
 
 pytestmark = pytest.mark.slow
 MODEL_FIELDS = {"train_tokens", "train_flops", "train_wall_s", "search_forward_tokens", "val_ppl",
@@ -18,7 +18,8 @@ DISTS = ("mathqa", "sni", "cot")
 
 
 def _run(out: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
-    args = [a for a in MICRO if not a.startswith("tracking")] + ["tracking=offline", "dem.n_trials=4", *extra]
+    # MICRO_PINNED: with the robustness pass, so the whole evaluation path runs end to end here
+    args = [a for a in MICRO_PINNED if not a.startswith("tracking")] + ["tracking=offline", "dem.n_trials=4", *extra]
     env = {**os.environ, "WANDB_SILENT": "true"}
     return subprocess.run([sys.executable, "-m", "harness", *args, f"output_dir={out}", f"cache_dir={cache}"],
                           capture_output=True, text=True, timeout=600, env=env)
@@ -45,6 +46,7 @@ def test_summary_has_the_contract_fields(first_run):
         assert m["val_ppl"] > 1
         for task in ("mathqa_mc", "sni_mc", "cot_mc", "drop_mc", "bbh_object_counting"):
             assert 0 <= m["scores"][f"{task}/acc"] <= 1
+            assert 0 <= m["scores"][f"{task}/acc_robust"] <= 1 and 0 <= m["scores"][f"{task}/ece"] <= 1
     dm, dem = methods["data_mixing"], methods["dem"]
     assert len(dm["selected"]["grid"]) == 6 and dm["selected"]["weights"] in [g["weights"] for g in
                                                                              dm["selected"]["grid"]]
