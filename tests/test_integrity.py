@@ -61,30 +61,41 @@ def edit_number(path: Path) -> None:
     path.write_text(json.dumps(record))
 
 
-CORRUPTIONS = [
-    ("base_weights", "base/*/model.safetensors", flip_byte),
-    ("base_tokenizer", "base/*/tokenizer.json", truncate),
-    ("training_checkpoint", "train/*/model.safetensors", flip_byte),
-    ("training_record_torn", "train/*/record.json", truncate),
-    ("vector", "vector/*/vector.safetensors", flip_byte),
-    ("perplexity_record", "ppl/*/record.json", edit_number),
-    ("search_record", "search/*/record.json", edit_number),
-    ("eval_record", "eval/*/record.json", edit_number),
-    ("eval_samples", "eval/*/samples/*.jsonl", truncate),
-    ("file_deleted", "train/*/config.json", Path.unlink),
-]
+# Two runs, each over a cache with five artifacts of different kinds corrupted (the index picks the entry, so no
+# damage hides another): each must be named in its own warning line. One run per kind would take ten CLI runs.
+CORRUPTIONS = {
+    "weights_and_downstream_records": [
+        ("base_weights", "base/*/model.safetensors", 0, flip_byte),
+        ("training_checkpoint", "train/*/model.safetensors", 0, flip_byte),
+        ("vector", "vector/*/vector.safetensors", 1, flip_byte),
+        ("search_record", "search/*/record.json", 0, edit_number),
+        ("eval_samples", "eval/*/samples/*.jsonl", 0, truncate),
+    ],
+    "tokenizer_records_and_a_deleted_file": [
+        ("base_tokenizer", "base/*/tokenizer.json", 0, truncate),
+        ("training_record_torn", "train/*/record.json", 0, truncate),
+        ("perplexity_record", "ppl/*/record.json", 0, edit_number),
+        ("eval_record", "eval/*/record.json", 1, edit_number),
+        ("file_deleted", "train/*/config.json", 1, Path.unlink),
+    ],
+}
 
 
-@pytest.mark.parametrize("name,pattern,corrupt", CORRUPTIONS, ids=[c[0] for c in CORRUPTIONS])
-def test_a_corrupted_cache_entry_is_detected_rebuilt_and_changes_nothing(clean, tmp_path, name, pattern, corrupt):
+@pytest.mark.parametrize("group", CORRUPTIONS)
+def test_corrupted_cache_entries_are_detected_rebuilt_and_change_nothing(clean, tmp_path, group):
     clean_cache, expected = clean
     cache = tmp_path / "cache"
     shutil.copytree(clean_cache, cache)
-    target = sorted(cache.glob(pattern))[0]
-    corrupt(target)
+    targets = {}
+    for name, pattern, index, corrupt in CORRUPTIONS[group]:
+        target = sorted(cache.glob(pattern))[index]
+        corrupt(target)
+        targets[name] = target
     proc = _run(tmp_path / "out", cache)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
     warnings = [line for line in log.splitlines() if "rebuilding" in line]
-    assert len(warnings) == 1 and str(target) in warnings[0], warnings
+    for name, target in targets.items():
+        assert sum(str(target) in w for w in warnings) == 1, (name, target, warnings)
+    assert len(warnings) == len(targets), warnings
     assert _results(tmp_path / "out", cache) == expected
