@@ -61,6 +61,7 @@ def run_comparison(cfg: DictConfig, output_dir: Path, sweep: dict[str, str] | No
 
 def _compare(cfg: DictConfig, output_dir: Path, sweep: dict[str, str]) -> Path:
     started = time.perf_counter()
+    prov = provenance.collect()  # at the start: a commit made while the run is going on is not the code it ran
     out = output_dir.resolve()
     out.mkdir(parents=True, exist_ok=True)
     cache = RunCache(cfg.cache_dir)
@@ -108,7 +109,7 @@ def _compare(cfg: DictConfig, output_dir: Path, sweep: dict[str, str]) -> Path:
         "data": {n: {"fingerprint": d.fingerprint, **d.info} for n, d in splits.items()},
         "runtime": {"device": ctx.runtime.name, "dtype": str(ctx.runtime.dtype).removeprefix("torch.")},
         "config": resolved,
-        "provenance": provenance.collect(),
+        "provenance": prov,
         "wall_s": time.perf_counter() - started,
         "output_dir": str(out),
     }
