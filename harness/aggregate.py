@@ -204,7 +204,7 @@ def _model_row(model: pd.DataFrame, mixing: pd.DataFrame, metrics: Sequence[str]
         row[col], row[f"{col}_low"], row[f"{col}_high"] = _interval(model[col].tolist(), col)
     row["val_ppl"], row["val_ppl_low"], row["val_ppl_high"] = _ppl_interval(model["val_ppl"].tolist())
     row["train_flops"] = model["train_flops"].mean()
-    row["cost_vs_mixing"] = model["cost_vs_mixing"].mean()  # for `dem`: the mean of the runs' cost_ratio
+    row["cost_vs_mixing"] = model["cost_vs_mixing"].mean()  # for `dem`: the mean of the runs' cost_ratio_train
     seeds = sorted(model.index)
     for col in metrics:  # paired by seed: DEM and the mixing arm of the same run
         wtl = win_tie_loss(model.loc[seeds, col].tolist(), mixing.loc[seeds, col].tolist()) if is_dem else (None,) * 3
@@ -293,7 +293,7 @@ def markdown(table: pd.DataFrame, summaries: Sequence[dict[str, Any]], runs: Seq
         "freedom); no ± where n = 1.\n"
         "- `val_ppl`: geometric mean across seeds (= the mean validation loss, exponentiated) [95% interval].\n"
         "- `mean_score`: the mean of the task columns within each run, then across seeds; `train_flops` and "
-        "`cost_vs_mixing` (train FLOPs ÷ the data-mixing arm's; DEM's is the runs' `cost_ratio`) are means over "
+        "`cost_vs_mixing` (train FLOPs ÷ the data-mixing arm's; DEM's is the runs' `cost_ratio_train`) are means over "
         "seeds.\n"
         "- `W/T/L vs mixing`: seeds where the DEM model's mean score is above / equal to / below data mixing's in "
         "the same run; per task in the last table.\n"
