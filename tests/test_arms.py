@@ -125,7 +125,7 @@ def test_regmix_proxies_on_a_smaller_model_preset(tmp_path):
     each charged at its own model's FLOPs."""
     proc = subprocess.run([sys.executable, "-m", "harness", *MICRO, "mixing=regmix", "mixing.proxy_model=pico",
                            "mixing.proxies=4", "mixing.proxy_tokens=1024", "mixing.candidates=2000", "mixing.top_k=20",
-                           "mixing.grid_step=1", "dem.n_trials=2", "eval.helm.robustness=false",
+                           "mixing.grid_step=1", "dem.n_trials=2",
                            f"output_dir={tmp_path / 'out'}", f"cache_dir={tmp_path / 'cache'}"],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -162,7 +162,7 @@ def test_the_whole_comparison_runs_on_smollm2_offline(tmp_path):
     args = [a for a in MICRO if not a.startswith(("model=", "budget="))]
     proc = _cli(*args, "model=smollm2", "budget=micro", "budget.train_tokens=512", "budget.batch_size=4",
                 "data.n_val=4", "mixing.grid_step=1", "dem.n_trials=2", "eval.limit=3",
-                "eval.tasks=[mathqa_mc, bbh_object_counting]", "eval.helm.robustness=false",
+                "eval.tasks=[mathqa_mc, bbh_object_counting]",
                 f"output_dir={tmp_path / 'out'}", f"cache_dir={tmp_path / 'cache'}", env={"HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
