@@ -6,6 +6,7 @@ from omegaconf import OmegaConf
 
 from harness.config import GROUPS, ConfigError, presets, validate
 from tests.conftest import compose_cfg
+from tests.test_sources import REAL
 
 # presets meant to be used together (their headers say so)
 COMPANIONS = {("budget", "gpu"): ["model=openllama_7b_v2"], ("executor", "slurm"): ["executor.partition=gpu"]}
@@ -13,9 +14,15 @@ COMPANIONS = {("budget", "gpu"): ["model=openllama_7b_v2"], ("executor", "slurm"
 
 def test_every_shipped_preset_validates():
     """Each preset of each group, composed over the defaults, passes the schema (no config left unchecked)."""
+    unchecked = []
     for group in GROUPS:
         for name in presets(group):
+            if (group, name) == ("data", "real") and not REAL.is_dir():  # its paths are checked to exist
+                unchecked.append("data=real")
+                continue
             validate(compose_cfg([f"{group}={name}", *COMPANIONS.get((group, name), [])]))
+    if unchecked:
+        pytest.skip(f"every other preset validates; {unchecked} not checked: {REAL} is not present")
 
 
 def test_micro_presets_validate_together():
