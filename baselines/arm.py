@@ -134,7 +134,7 @@ class RegMix(Method):
 
     def proxies(self, ctx: Context) -> list:
         m = self.cfg.mixing
-        mixtures = regmix.dirichlet_mixtures(ctx.names, m.proxies, ctx.seeds.train, m.dirichlet_alpha)
+        mixtures = regmix.dirichlet_mixtures(ctx.names, m.proxies, ctx.seeds.search, m.dirichlet_alpha)
         return [self.proxy_ctx(ctx).run_spec(w, train_tokens=m.proxy_tokens) for w in mixtures]
 
     def proxy_flops(self, ctx: Context) -> float:
@@ -164,7 +164,7 @@ class RegMix(Method):
             ppl = [pctx.measure(done[s.key].record["key"], lambda s=s: pctx.load(done[s.key].path)) for s in proxies]
             losses = [math.log(ctx.score(p)) for p in ppl]  # log of the metric: a validation loss
             self.fit = regmix.predict_best(ctx.names, [full(ctx, s.weights) for s in proxies], losses,
-                                           ctx.seeds.train, m.candidates, m.top_k, m.dirichlet_alpha)
+                                           ctx.seeds.search, m.candidates, m.top_k, m.dirichlet_alpha)
             self.fit["proxy_forward_tokens"] = sum(p["forward_tokens"] for p in ppl)
             self.fit["proxy_forward_flops"] = cost.forward_flops(pctx.model_config, self.fit["proxy_forward_tokens"],
                                                                  ctx.cfg.budget.seq_len)

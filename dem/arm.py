@@ -90,13 +90,19 @@ class DemArm:
             study_spec["metric"] = metric
         if cfg.search_workers > 1:  # interleaved trials: never mixed into a bitwise-reproducible study
             study_spec["parallel"] = True
-        study = spec_key("study", study_spec)  # n_trials is not part of it: raising n_trials extends the study
+        # n_trials is not part of the study: raising it extends the study, and a search with n trials reports the
+        # best of the study's first n (study_result), whatever a search with a larger budget added before it.
+        study = spec_key("study", study_spec)
 
         def on_trial(i: int, w: dict[str, float], p: float) -> None:
             weights = {f"{label}/w_{k}": v for k, v in w.items()}
             ctx.tracker.log({f"{label}/trial": i, f"{label}/val_score": p, **weights})
 
         def run_search(folder: Path) -> dict[str, Any]:
+            with ctx.cache.hold("studies", study, f"{label} study"):  # one lock per study, whatever its budget
+                return searched_study(folder)
+
+        def searched_study(folder: Path) -> dict[str, Any]:
             if cfg.search_workers > 1:  # each process rebuilds the session from θ₀'s folder and the vector files
                 spec = WorkerSpec(
                     base=str(ctx.base.path), vectors=[m["path"] for m in manifest.values()],
@@ -131,4 +137,5 @@ class DemArm:
                          selection_forward_tokens=record["search_forward_tokens"],
                          selected={"weights": record["weights"], "merge": merge, "params": record["params"],
                                    "sampler": cfg.sampler, "n_trials": record["n_trials"],
+                                   "search_score": record["val_ppl"],  # its best trial, on the selection slice
                                    "n_pruned": record["n_pruned"], "vectors": manifest})

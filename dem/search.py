@@ -34,7 +34,7 @@ from dem.merge import MergeConfigError, Params, Strategy, get_strategy, load_str
 from dem.vectors import load_vectors
 from harness.data import stable_seed
 from harness.models import DTYPES, LoadOptions, Runtime, load_model
-from harness.perplexity import nll
+from harness.perplexity import nll, selection_score
 
 log = logging.getLogger(__name__)
 
@@ -337,10 +337,10 @@ def make_objective(session: MergeSession, space: SearchSpace, val: dict[str, tup
                 tokens += int(x[a:b].numel())
             trial.set_user_attr("forward_tokens", tokens)
             if part == 0 and len(cuts) > 1:
-                trial.report(score(sums, metric), step=0)
+                trial.report(selection_score(sums, metric), step=0)
                 if trial.should_prune():
                     raise optuna.TrialPruned()
-        ppl = score(sums, metric)
+        ppl = selection_score(sums, metric)
         if on_trial:
             on_trial(trial.number, dict(zip(space.names, w, strict=True)), ppl)
         return ppl
@@ -359,7 +359,8 @@ def search_weights(session: MergeSession, names: list[str], fixed: Params,
                    on_trial: Callable[[int, dict[str, float], float], None] | None = None,
                    label: str = "search", metric: str = "pooled_ppl") -> dict[str, Any]:
     """Minimise the selection metric (pooled validation perplexity, or the geometric mean of the distributions'
-    perplexities: `metric`, see harness.arms.log_ppl_score) over weights ∈ weight_range (and `searched` parameters).
+    perplexities: `metric`, see harness.perplexity.selection_score) over weights ∈ weight_range (and `searched`
+    parameters).
 
     `fixed` are the strategy's resolved parameters; a searched one is overwritten per trial (one shared value
     for per-model parameters). A sampled parameter combination the strategy rejects (e.g. DELLA's density ±
@@ -396,17 +397,21 @@ def search_weights(session: MergeSession, names: list[str], fixed: Params,
         last = done[-1]
         log.info("%s: trial %d/%d %s", label, len(done), n_trials,
                  f"val ppl {last.value:.4g}" if last.value is not None else "pruned")
-    return study_result(study, space, label)
+    return study_result(study, space, label, n_trials)
 
 
-def study_result(study: optuna.Study, space: SearchSpace, label: str = "search") -> dict[str, Any]:
-    """The search's record, read from the study: its best trial (exactly `study.best_trial`), the trials
-    completed, pruned and infeasible, and the forward tokens all finished trials used."""
-    done = finished_trials(study)
-    if not any(t.state == optuna.trial.TrialState.COMPLETE for t in done):
+def study_result(study: optuna.Study, space: SearchSpace, label: str = "search",
+                 n_trials: int | None = None) -> dict[str, Any]:
+    """The search's record from the study's first `n_trials` finished trials (all when None): a study run longer
+    by an earlier search with a larger budget still answers for this budget exactly — its best trial among those
+    (the first of equal values, as `study.best_trial`), the trials completed, pruned and infeasible, and the
+    forward tokens they used."""
+    done = finished_trials(study)[:n_trials]
+    complete = [t for t in done if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
         raise MergeConfigError(f"{label}: no trial completed (every sampled parameter combination was pruned or "
                                "infeasible); widen the search or fix the parameters")
-    best = study.best_trial
+    best = min(complete, key=lambda t: t.value)
     weights, best_params = space.of(best)
     return {
         "weights": dict(zip(space.names, weights, strict=True)),
@@ -584,7 +589,7 @@ def search_parallel(spec: WorkerSpec, val: dict[str, tuple[torch.Tensor, torch.T
     for t in finished_trials(study):
         if on_trial and t.number not in before and t.state == optuna.trial.TrialState.COMPLETE:
             on_trial(t.number, dict(zip(space.names, space.of(t)[0], strict=True)), t.value)
-    return study_result(study, space, spec.label)
+    return study_result(study, space, spec.label, spec.n_trials)
 
 
 def _spawned(spec: WorkerSpec, val: dict[str, tuple[torch.Tensor, torch.Tensor]], parent: int) -> list[int]:
@@ -617,14 +622,6 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("usage: python -m dem.search WORKER_SPEC.json")
     _log_to_stderr()
     print(json.dumps({"finished": run_worker(WorkerSpec.load(Path(args[0])))}))
-
-
-def score(sums: dict[str, list], metric: str) -> float:
-    """The selection metric from per-distribution (summed nll, tokens): pooled perplexity, or exp of the mean over
-    distributions of log perplexity (each distribution weighs the same, however short its responses)."""
-    if metric == "pooled_ppl":
-        return math.exp(sum(s for s, _ in sums.values()) / sum(c for _, c in sums.values()))
-    return math.exp(sum(s / c for s, c in sums.values()) / len(sums))
 
 
 def trial_sampler(name: str, seed: int, k: int, space: dict[str, list[float]]) -> optuna.samplers.BaseSampler:

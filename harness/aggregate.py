@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from harness.errors import HarnessError
-from harness.report import SummaryError, check_summary, png_bytes, rows, score_columns, write_atomic
+from harness.report import SummaryError, check_summary, higher_is_better, png_bytes, rows, score_columns, write_atomic
 from harness.stats import t_interval, win_tie_loss
 
 SUMMARY = "summary.json"
@@ -197,8 +197,10 @@ def _long(summaries: Sequence[dict[str, Any]], keys: Sequence[str]) -> pd.DataFr
     return pd.concat(frames, ignore_index=True)
 
 
-def _model_row(model: pd.DataFrame, mixing: pd.DataFrame, metrics: Sequence[str], is_dem: bool) -> dict[str, Any]:
-    """One model's aggregate within a group; `model`/`mixing` are its and the mixing arm's rows indexed by seed."""
+def _model_row(model: pd.DataFrame, mixing: pd.DataFrame, metrics: Sequence[str], is_dem: bool,
+               lower: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """One model's aggregate within a group; `model`/`mixing` are its and the mixing arm's rows indexed by seed.
+    A win on a column in `lower` (lower-is-better metrics) is a lower value."""
     row: dict[str, Any] = {"n_seeds": len(model), "seeds": " ".join(map(str, sorted(model.index)))}
     for col in metrics:
         row[col], row[f"{col}_low"], row[f"{col}_high"] = _interval(model[col].tolist(), col)
@@ -207,7 +209,8 @@ def _model_row(model: pd.DataFrame, mixing: pd.DataFrame, metrics: Sequence[str]
     row["cost_vs_mixing"] = model["cost_vs_mixing"].mean()  # for `dem`: the mean of the runs' cost_ratio_train
     seeds = sorted(model.index)
     for col in metrics:  # paired by seed: DEM and the mixing arm of the same run
-        wtl = win_tie_loss(model.loc[seeds, col].tolist(), mixing.loc[seeds, col].tolist()) if is_dem else (None,) * 3
+        a, b = model.loc[seeds, col].tolist(), mixing.loc[seeds, col].tolist()
+        wtl = (win_tie_loss(b, a) if col in lower else win_tie_loss(a, b)) if is_dem else (None,) * 3
         row |= dict(zip((f"{col}_wins", f"{col}_ties", f"{col}_losses"), wtl, strict=True))
     return row
 
@@ -219,6 +222,7 @@ def aggregate(summaries: Sequence[dict[str, Any]]) -> pd.DataFrame:
     over seeds (`<col>_wins`, `<col>_ties`, `<col>_losses`) for mean_score and each task."""
     keys = sweep_keys(summaries)
     metrics = [*score_columns(summaries[0]), "mean_score"]
+    lower = frozenset(c for c, up in higher_is_better(summaries[0]).items() if not up)
     long = _long(summaries, keys)
     out = []
     for group in sorted(dict.fromkeys(long["_group"]), key=lambda g: [_order(v) for v in g]):
@@ -228,7 +232,7 @@ def aggregate(summaries: Sequence[dict[str, Any]]) -> pd.DataFrame:
             rows_ = runs[runs["model"] == model].set_index("seed")
             is_dem = model == "dem" or model.startswith("dem_")
             try:
-                stats = _model_row(rows_, mixing, metrics, is_dem)
+                stats = _model_row(rows_, mixing, metrics, is_dem, lower)
             except ValueError as err:
                 where = ", ".join(f"{k}={v}" for k, v in zip(keys, group, strict=True))
                 raise AggregateError(f"cannot aggregate model {model}{f' ({where})' if where else ''}: {err}") from err

@@ -18,7 +18,6 @@ The contract (both methods are called with `done`, the finished training runs so
 from __future__ import annotations
 
 import difflib
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,15 +72,18 @@ class Context:
     runtime: Any  # harness.models.Runtime
     options: Any  # harness.models.LoadOptions
     seeds: DictConfig
-    data_spec: dict[str, Any]  # the validation data's identity (seed, fingerprints), for ppl/search cache keys
+    data_spec: dict[str, Any]  # the selection slice's identity (seed, fingerprints, tokenizer): ppl/search keys
+    report_spec: dict[str, Any]  # the report slice's identity: the reported perplexities' keys
     run_spec: Callable[..., RunSpec]  # run_spec(weights, train_tokens=None) -> RunSpec
     score: Callable[[Mapping[str, Any]], float]  # the selection metric of a perplexity record (lower is better)
     train_flops: Callable[[int], float]  # training FLOPs of `tokens` tokens at the budget's sequence length
     model_config: Any = None  # the base's transformers config (cost estimates)
     tracker: Any = None  # harness.tracking.Tracker
     tokenizer: Any = None
-    val: dict[str, Any] = field(default_factory=dict)  # packed validation blocks per distribution
-    measure: Callable[[str, Callable[[], Any]], dict[str, Any]] | None = None  # a model's perplexity record
+    val: dict[str, Any] = field(default_factory=dict)  # the selection slice's packed blocks per distribution
+    report: dict[str, Any] = field(default_factory=dict)  # the report slice's blocks and example owners
+    measure: Callable[[str, Callable[[], Any]], dict[str, Any]] | None = None  # perplexity on the selection slice
+    measure_report: Callable[[str, Callable[[], Any]], dict[str, Any]] | None = None  # on the report slice only
     load: Callable[[Path], Any] | None = None  # open a saved model on the comparison's device
     for_model: Callable[[str], Context] | None = None  # the same context for another `model` preset (proxies)
 
@@ -122,13 +124,3 @@ def _load_builtin_arms() -> None:
     """The arms shipped with the harness register themselves on import."""
     import baselines.arm  # noqa: F401
     import dem.arm  # noqa: F401
-
-
-def log_ppl_score(record: Mapping[str, Any], metric: str) -> float:
-    """`pooled_ppl`: perplexity of all validation tokens together (token-weighted, so distributions with short
-    responses weigh little); `mean_log_ppl`: the mean over distributions of log perplexity, each counted equally
-    (reported as its exp, the geometric mean). Lower is better for both."""
-    if metric == "pooled_ppl":
-        return float(record["val_ppl"])
-    by_dist = record["val_ppl_by_dist"]
-    return math.exp(sum(math.log(v) for v in by_dist.values()) / len(by_dist))

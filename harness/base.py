@@ -14,7 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 from harness.cache import RunCache, spec_key
 from harness.data import GENERATORS, generate_splits, generic_corpus
 from harness.models import LoadOptions, Runtime, convert_smollm2, fingerprint_folder, locate_hf, smollm2_gguf
-from harness.runs import DATA_VERSION
+from harness.runs import DATA_VERSION, TRAIN_VERSION
+from harness.tokens import TOKENIZE_VERSION
 
 TOKENIZER_SAMPLES = 500  # examples of every built-in generator the tiny tokenizer also sees
 
@@ -56,7 +57,8 @@ def _built(cfg: DictConfig, runtime: Runtime) -> tuple[dict[str, Any], Callable[
         samples = [e.text for n in GENERATORS for e in generate_splits(n, seed + 1, TOKENIZER_SAMPLES, 1, 1).train]
         return {"source": "tiny", **pretrain(folder, cfg.model, corpus + samples, corpus, seed, runtime=runtime)}
 
-    return {"model": arch, "seed": seed, "data_version": DATA_VERSION, **runtime_spec(runtime)}, build, "base"
+    versions = {"data_version": DATA_VERSION, "train_version": TRAIN_VERSION, "tokenize_version": TOKENIZE_VERSION}
+    return {"model": arch, "seed": seed, **versions, **runtime_spec(runtime)}, build, "base"
 
 
 def prepare_base(cfg: DictConfig, cache: RunCache, runtime: Runtime, build: bool = True) -> Base:

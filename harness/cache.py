@@ -7,6 +7,9 @@ Three guarantees, because a benchmark's worst failure is a result that is silent
 * **Verified before use.** The record lists a sha256 of every file the builder wrote, and carries a hash of
   itself. A hit is verified once per process (≈1–2 GB/s); a torn record or a changed, truncated or missing file
   is never used: the entry is rebuilt, with one warning line naming the file.
+* **Traceable.** Each record names the code that built it (`built_by`: git commit, dirty tree, package versions),
+  so a report can list results reused from other code; a stage whose results change meaning bumps its version
+  constant, which is part of its keys (harness/tokens.py TOKENIZE_VERSION, harness/training.py TRAIN_VERSION, …).
 * **Built once.** Building a key holds a file lock (`filelock`, an OS lock the kernel releases when its process
   dies, so a killed holder's lock is simply taken over); a second process that needs the same entry waits and
   then reuses it. Processes on several machines can share one cache folder on a filesystem with POSIX locks.
@@ -14,18 +17,21 @@ Three guarantees, because a benchmark's worst failure is a result that is silent
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
+
+from harness import provenance
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +92,10 @@ class RunCache:
         self.root = Path(root).resolve()
         self._verified: dict[Path, dict[str, Any]] = {}  # entries checked by this process: hashed once per run
 
+    def records_of(self, key: str) -> list[dict[str, Any]]:
+        """The records of entries with this key that this process has used (a merged model's search, say)."""
+        return [r for r in self._verified.values() if r.get("key") == key]
+
     def get(self, kind: str, key: str) -> Entry | None:
         """A finished entry by key, verified (None if absent or corrupt): how a job reads what another wrote."""
         record = self._finished(kind, key)
@@ -124,6 +134,16 @@ class RunCache:
             lock.acquire()
         return lock
 
+    @contextlib.contextmanager
+    def hold(self, kind: str, key: str, label: str = "") -> Iterator[None]:
+        """Hold the lock of (kind, key) without building an entry: for a resource several entries share (one
+        Optuna study answers searches of several trial budgets), so one process at a time works on it."""
+        lock = self._lock(kind, key, label)
+        try:
+            yield
+        finally:
+            lock.release()
+
     def _remove_debris(self, kind: str, key: str) -> None:
         """Temporary folders of builds of this key that died (we hold its lock, so none is alive)."""
         for tmp in (self.root / kind).glob(f".{key}.tmp-*"):
@@ -161,7 +181,7 @@ class RunCache:
         tmp = self.root / kind / f".{key}.tmp-{socket.gethostname()}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        record = {**build(tmp), "key": key, "spec": spec}
+        record = {**build(tmp), "key": key, "kind": kind, "spec": spec, "built_by": provenance.code()}
         record["files"] = {str(f.relative_to(tmp)): sha256_file(f) for f in sorted(tmp.rglob("*")) if f.is_file()}
         record["record_sha256"] = _record_hash(record)
         (tmp / RECORD).write_text(json.dumps(record, indent=2, default=str))

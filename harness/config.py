@@ -66,7 +66,9 @@ class DataConfig:
     sources: dict[str, SourceConfig] = field(default_factory=dict)  # name -> where its rows come from;
     # a distribution without an entry is `builtin` (harness/sources.py documents formats and templates)
     n_train: int = MISSING  # examples per distribution
-    n_val: int = MISSING
+    n_val: int = MISSING  # the selection slice: both arms select on it (DEM's search, the mixing grid)
+    n_report: int | None = None  # the report slice, disjoint and never selected on: every reported perplexity,
+    # its CI and paired test use it (None: as many as each distribution's n_val)
     n_test: int = MISSING
 
 
@@ -301,6 +303,8 @@ def validate(cfg: DictConfig) -> DictConfig:
             problems += _check_mirrored_source(name, source, Path(c.hub_mirror))
     for key in ("n_train", "n_val", "n_test"):
         need(c.data[key] > 0, f"data.{key}", "must be a positive integer")
+    need(c.data.n_report is None or c.data.n_report > 0, "data.n_report",
+         "must be a positive integer (or null: as many as data.n_val)")
 
     for key in ("train_tokens", "seq_len", "batch_size"):
         need(c.budget[key] > 0, f"budget.{key}", "must be a positive integer")

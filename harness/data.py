@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 NAMES = ["tom", "ann", "sam", "liz", "bob", "eva", "max", "kim", "joe", "mia"]
 ITEMS = ["apples", "pens", "books", "coins", "cards", "eggs", "cups", "toys", "shells", "stamps"]
@@ -51,6 +51,7 @@ class Splits:
     train: list[Example]
     val: list[Example]
     test: list[Example]
+    report: list[Example] = field(default_factory=list)
 
 
 def _distractors(rng: random.Random, correct: int, n: int, spread: int = 5, low: int = 0) -> list[int]:
@@ -221,8 +222,10 @@ def stable_seed(seed: int, *parts: str) -> int:
     return h
 
 
-def generate_splits(name: str, seed: int, n_train: int, n_val: int, n_test: int) -> Splits:
-    """Train/val/test for one distribution; duplicates of a train text are dropped from val and test."""
+def generate_splits(name: str, seed: int, n_train: int, n_val: int, n_test: int, n_report: int = 0) -> Splits:
+    """Train/val/test/report for one distribution; duplicates of a train text are dropped from the held-out ones.
+
+    The report slice is drawn after the others, so adding it leaves train, val and test exactly as they were."""
     if name not in GENERATORS:
         raise KeyError(f"unknown distribution '{name}'; available: {', '.join(sorted(GENERATORS))}")
     rng = random.Random(stable_seed(seed, "data", name))
@@ -230,12 +233,12 @@ def generate_splits(name: str, seed: int, n_train: int, n_val: int, n_test: int)
     train = [gen(rng) for _ in range(n_train)]
     seen = {ex.text for ex in train}
     held: list[Example] = []
-    while len(held) < n_val + n_test:
+    while len(held) < n_val + n_test + n_report:
         ex = gen(rng)
         if ex.text not in seen:
             seen.add(ex.text)
             held.append(ex)
-    return Splits(train=train, val=held[:n_val], test=held[n_val:])
+    return Splits(train=train, val=held[:n_val], test=held[n_val : n_val + n_test], report=held[n_val + n_test :])
 
 
 def generic_corpus(seed: int, n_docs: int) -> list[str]:

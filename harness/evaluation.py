@@ -52,15 +52,18 @@ class EvalConfigError(ConfigError):
 
 # ---------------------------------------------------------------- built-in tasks
 
-def write_tasks(task_dir: Path, test_sets: dict[str, list[Example]]) -> None:
-    """One multiple-choice task per test set: `<task>.jsonl` holds the docs, `<task>.yaml` says how to read them."""
+def write_tasks(task_dir: Path, test_sets: dict[str, list[Example]]) -> dict[str, str]:
+    """One multiple-choice task per test set: `<task>.jsonl` holds the docs, `<task>.yaml` says how to read them.
+
+    Returns each task's sha256 over its exact items and its YAML (less the data file's path, which differs per
+    output folder): what evaluation results are keyed by, so a changed item is never scored under an old key."""
     task_dir.mkdir(parents=True, exist_ok=True)
+    hashes = {}
     for task, examples in test_sets.items():
         data = task_dir / f"{task}.jsonl"
-        with data.open("w") as f:
-            for ex in examples:
-                f.write(json.dumps({"context": ex.mc_context, "choices": list(ex.mc_choices),
-                                    "target": ex.mc_target}) + "\n")
+        items = "".join(json.dumps({"context": ex.mc_context, "choices": list(ex.mc_choices),
+                                    "target": ex.mc_target}) + "\n" for ex in examples)
+        data.write_text(items)
         spec = {
             "task": task,
             "dataset_path": "json",
@@ -74,6 +77,9 @@ def write_tasks(task_dir: Path, test_sets: dict[str, list[Example]]) -> None:
             "metadata": {"version": TASK_VERSION},
         }
         (task_dir / f"{task}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+        portable = {k: v for k, v in spec.items() if k != "dataset_kwargs"}
+        hashes[task] = hashlib.sha256(json.dumps([portable, items], sort_keys=True).encode()).hexdigest()
+    return hashes
 
 
 def chance_level(examples: list[Example]) -> float:
@@ -678,6 +684,12 @@ def flat_scores(result: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
     return flat
 
 
+def samples_file(samples_dir: Path, task: str) -> Path:
+    """Where a task's per-sample records live: the one place that names the file, for writers and readers alike
+    (task names may hold characters a file name should not, e.g. `group::task`)."""
+    return samples_dir / f"{UNSAFE.sub('_', task)}.jsonl"
+
+
 def write_samples(samples_dir: Path, samples: Mapping[str, list[dict[str, Any]]]) -> None:
     """lm-eval's per-sample records, one JSONL per task: doc id, doc, target, raw and filtered responses
     (per-choice log-likelihoods or the generation), each metric's value, and doc/prompt hashes. The prompts
@@ -686,7 +698,7 @@ def write_samples(samples_dir: Path, samples: Mapping[str, list[dict[str, Any]]]
 
     samples_dir.mkdir(parents=True, exist_ok=True)
     for task, records in samples.items():
-        path = samples_dir / f"{UNSAFE.sub('_', task)}.jsonl"
+        path = samples_file(samples_dir, task)
         with path.open("w") as f:
             for record in records:
                 row = {k: v for k, v in record.items() if k != "arguments"}

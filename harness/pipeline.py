@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig, LlamaConfig
 
 from harness import cost, provenance
-from harness.arms import Arm, Candidate, Context, Planned, log_ppl_score, make_arm
+from harness.arms import Arm, Candidate, Context, Planned, make_arm
 from harness.base import load_options, prepare_base, runtime_spec
 from harness.cache import Entry, RunCache, spec_key
 from harness.config import CONF_DIR, ModelConfig, plain
@@ -37,17 +37,21 @@ from harness.evaluation import (
 from harness.executor import make_executor
 from harness.mirror import hub_mirror
 from harness.models import DTYPES, load_model, load_tokenizer, resolve_runtime
-from harness.perplexity import perplexity
+from harness.perplexity import perplexity, selection_score, sums_of
 from harness.perturb import VERSION as PERTURB_VERSION
 from harness.plan import Row, describe, measured_flops_per_second, resources, run_table
 from harness.report import rows, write_report
-from harness.runs import DATA_VERSION, POOL_VERSION, RunSpec, normalise, store_pools
+from harness.runs import DATA_VERSION, RunSpec, normalise, pool_spec, store_pools, tokenizer_spec
 from harness.significance import statistics
 from harness.sources import Distribution, SourceConfig, load_distribution
-from harness.tokens import encode, pack
+from harness.tokens import encode, pack, pack_examples
 from harness.tracking import Tracker
 
 log = logging.getLogger(__name__)
+
+VALIDATION_NOTE = ("val_ppl, val_ppl_by_dist, their CIs and paired tests are on the report slice, which no selection "
+                   "sees; selection_val_ppl is on the selection slice the search and the grid chose on (optimistic "
+                   "for the models chosen on it)")
 
 
 def run_comparison(cfg: DictConfig, output_dir: Path, sweep: dict[str, str] | None = None) -> Path:
@@ -91,7 +95,7 @@ def _compare(cfg: DictConfig, output_dir: Path, sweep: dict[str, str]) -> Path:
 
     # 6. Validation perplexity and lm-eval for every model; each row charged for every run it needed.
     evaluator = Evaluator(ctx, splits)
-    methods = {c.label: method_entry(ctx, c, done, evaluator) for c in candidates}
+    methods = {c.label: method_entry(ctx, c, done, evaluator, prov["git_commit"]) for c in candidates}
 
     # 7. Statistics from the per-sample results, cost and quality; the report (summary.json last: it marks the
     #    run complete).
@@ -99,14 +103,19 @@ def _compare(cfg: DictConfig, output_dir: Path, sweep: dict[str, str]) -> Path:
         "methods": methods,
         **cost_ratios(methods),
         "selection_metric": cfg.selection.metric,
-        "statistics": statistics(methods, evaluator.samples, evaluator.ppl_blocks, evaluator.headline,
-                                 evaluator.groups, seed=cfg.seeds.search),
+        "statistics": statistics(methods, evaluator.samples, evaluator.ppl_units, evaluator.headline,
+                                 evaluator.groups, seed=cfg.seeds.search, higher=evaluator.higher),
         "chance": evaluator.chance(),
         "task_versions": {t: r["version"] for t, r in evaluator.results.items()},
         "headline_metrics": evaluator.headline,
+        "higher_is_better": evaluator.higher,
         "seed": cfg.seed,
         "seeds": OmegaConf.to_container(cfg.seeds, resolve=True),
-        "data": {n: {"fingerprint": d.fingerprint, **d.info} for n, d in splits.items()},
+        "data": {n: {"fingerprint": d.fingerprint, "report_fingerprint": d.report_fingerprint, **d.info}
+                 for n, d in splits.items()},
+        "validation": {"selection": {n: len(d.val) for n, d in splits.items()},
+                       "report": {n: len(d.report) for n, d in splits.items()},
+                       "note": VALIDATION_NOTE},
         "runtime": {"device": ctx.runtime.name, "dtype": str(ctx.runtime.dtype).removeprefix("torch.")},
         "config": resolved,
         "provenance": prov,
@@ -128,7 +137,8 @@ def source_of(cfg: DictConfig, name: str) -> SourceConfig:
 
 def load_data(cfg: DictConfig) -> dict[str, Distribution]:
     return {n: load_distribution(n, source_of(cfg, n), seed=cfg.seeds.data, n_train=cfg.data.n_train,
-                                 n_val=cfg.data.n_val, n_test=cfg.data.n_test) for n in cfg.data.distributions}
+                                 n_val=cfg.data.n_val, n_test=cfg.data.n_test, n_report=cfg.data.n_report)
+            for n in cfg.data.distributions}
 
 
 def make_context(cfg: DictConfig, cache: RunCache, out: Path, splits: dict[str, Distribution],
@@ -140,17 +150,17 @@ def make_context(cfg: DictConfig, cache: RunCache, out: Path, splits: dict[str, 
     options = load_options(cfg.model)
     base = prepare_base(cfg, cache, runtime, build=build)
     fingerprints = {n: d.fingerprint for n, d in splits.items()}
+    tokenizer = tokenizer_spec(base.key, options)
     budget = OmegaConf.to_container(cfg.budget, resolve=True)
     if build:
         log.info("base model %s from %s on %s (%s)", base.key, base.path, runtime.name, runtime.dtype)
         tok = load_tokenizer(base.path, options)
-        pools = store_pools(cache, base.key, {n: [encode(tok, e) for e in s.train] for n, s in splits.items()},
+        pools = store_pools(cache, tokenizer, {n: [encode(tok, e) for e in s.train] for n, s in splits.items()},
                             fingerprints)
         model_config = AutoConfig.from_pretrained(base.path, trust_remote_code=options.trust_remote_code)
     else:
         tok = None
-        pools = {n: spec_key("pools", {"tokenizer": base.key, "fingerprint": fingerprints[n], "version": POOL_VERSION})
-                 for n in names}
+        pools = {n: spec_key("pools", pool_spec(tokenizer, fingerprints[n])) for n in names}
         model_config = planned_model_config(cfg, base.path, options)
     budget_cfg = {k: v for k, v in budget.items() if k != "mode"}  # the mode decides tokens; runs record tokens
     dtype_name = str(runtime.dtype).removeprefix("torch.")
@@ -163,16 +173,21 @@ def make_context(cfg: DictConfig, cache: RunCache, out: Path, splits: dict[str, 
                        seed=cfg.seeds.train, device=str(runtime.device), dtype=dtype_name,
                        options=asdict(options), gradient_checkpointing=cfg.model.gradient_checkpointing)
 
-    data_spec = {"version": DATA_VERSION, "seed": cfg.seeds.data, "fingerprints": fingerprints}
+    data_spec = {"version": DATA_VERSION, "seed": cfg.seeds.data, "fingerprints": fingerprints, "tokenizer": tokenizer}
+    report_spec = {"version": DATA_VERSION, "seed": cfg.seeds.data, "slice": "report", "tokenizer": tokenizer,
+                   "fingerprints": {n: d.report_fingerprint for n, d in splits.items()}}
     ctx = Context(cfg=cfg, cache=cache, names=names,
                   rows_available={n: d.info.get("rows_available") or len(d.train) for n, d in splits.items()},
                   out=out, base=base, runtime=runtime, options=options, seeds=cfg.seeds, data_spec=data_spec,
-                  run_spec=run_spec, score=lambda record: log_ppl_score(record, cfg.selection.metric),
+                  report_spec=report_spec,
+                  run_spec=run_spec, score=lambda record: selection_score(sums_of(record), cfg.selection.metric),
                   train_flops=lambda tokens: cost.train_flops(model_config, tokens, cfg.budget.seq_len),
                   model_config=model_config, tokenizer=tok)
     if build:
         ctx.val = {n: pack([encode(tok, e) for e in s.val], cfg.budget.seq_len, tok.pad_token_id, drop_last=False)
                    for n, s in splits.items()}
+        ctx.report = {n: pack_examples([encode(tok, e) for e in s.report], cfg.budget.seq_len, tok.pad_token_id)
+                      for n, s in splits.items()}
         ctx.load = lambda path: load_model(path, runtime, options)
 
         def measure(model_key: str, open_model: Any) -> dict[str, Any]:
@@ -180,7 +195,13 @@ def make_context(cfg: DictConfig, cache: RunCache, out: Path, splits: dict[str, 
                     "format": 2, **runtime_spec(runtime)}  # format 2: per-block nll kept for confidence intervals
             return cache.get_or_create("ppl", spec, lambda d: perplexity(open_model(), ctx.val)).record
 
+        def measure_report(model_key: str, open_model: Any) -> dict[str, Any]:
+            spec = {"model": model_key, "data": ctx.report_spec, "seq_len": cfg.budget.seq_len, "names": names,
+                    "format": 3, **runtime_spec(runtime)}  # format 3: per-example nll (whole examples resampled)
+            return cache.get_or_create("ppl", spec, lambda d: perplexity(open_model(), ctx.report)).record
+
         ctx.measure = measure
+        ctx.measure_report = measure_report
     others: dict[str, Context] = {}
 
     def for_model(preset: str) -> Context:
@@ -297,17 +318,17 @@ class Evaluator:
         self.selection = check_eval(self.tasks, plain(cfg.eval.num_fewshot), cfg.hub_mirror,
                                     perturbations=list(helm.perturbations) if helm.robustness else None)
         self.test_sets = {t: self._test_split(t) for t in self.selection.builtin}
-        write_tasks(ctx.out / "tasks", self.test_sets)
+        items = write_tasks(ctx.out / "tasks", self.test_sets)  # keyed by the exact items, not the sizes asked
         self.spec = {"tasks": self.tasks, "limit": cfg.eval.limit, "num_fewshot": plain(cfg.eval.num_fewshot),
                      "gen_kwargs": plain(cfg.eval.gen_kwargs), "lm_eval": provenance.version("lm_eval"),
-                     "data": {"version": DATA_VERSION, "seed": cfg.seeds.data, "n_train": cfg.data.n_train,
-                              "n_val": cfg.data.n_val, "n_test": cfg.data.n_test},
+                     "builtin_items": items, "load_options": asdict(ctx.options),
                      "mirror": mirror_fingerprint(self.tasks, cfg.hub_mirror) if cfg.hub_mirror else None,
                      "helm": {**OmegaConf.to_container(helm), "perturb_version": PERTURB_VERSION},
                      "task_version": TASK_VERSION, "format": 2, **runtime_spec(ctx.runtime)}
         self.results: dict[str, dict[str, Any]] = {}  # the last model's results (versions, headline metrics)
         self.samples: dict[str, Path] = {}  # model label -> its per-sample records
-        self.ppl_blocks: dict[str, dict[str, Any]] = {}  # model label -> per-block validation nll
+        self.records: dict[str, dict[str, Any]] = {}  # model label -> its evaluation's cache record
+        self.ppl_units: dict[str, dict[str, Any]] = {}  # model label -> the report slice's per-example nll
 
     def _test_split(self, task: str) -> list:
         cfg = self.ctx.cfg
@@ -331,6 +352,7 @@ class Evaluator:
                                         perturb_seed=cfg.eval.helm.seed)}
 
         entry = ctx.cache.get_or_create("eval", {"model": candidate.model_key, **self.spec}, run_eval, candidate.label)
+        self.records[candidate.label] = entry.record
         samples = ctx.out / "samples" / candidate.label
         shutil.copytree(entry.path / "samples", samples, dirs_exist_ok=True)  # per-sample outputs, for audits
         self.samples[candidate.label] = samples
@@ -342,6 +364,12 @@ class Evaluator:
         return {t: headline_metric(self.results[t]) for t in self.tasks}
 
     @property
+    def higher(self) -> dict[str, bool]:
+        """Per task, lm-eval's `higher_is_better` for its headline metric (True when lm-eval does not say)."""
+        return {t: bool(self.results[t]["higher_is_better"].get(m.split(",")[0], True))
+                for t, m in self.headline.items()}
+
+    @property
     def groups(self) -> dict[str, list[str]]:
         """Each group task and its subtasks (for pooling per-sample records)."""
         return {t: r["subtasks"] for t, r in self.results.items() if r.get("group")}
@@ -350,12 +378,15 @@ class Evaluator:
         return {t: chance_level(self.test_sets[t][: self.ctx.cfg.eval.limit]) for t in self.selection.builtin}
 
 
-def method_entry(ctx: Context, c: Candidate, done: Mapping[str, Entry], evaluator: Evaluator) -> dict[str, Any]:
-    """One model's entry in summary.json: its cost (every run it needed, plus its selection's forward passes)
-    and its quality (validation perplexity, every lm-eval score)."""
+def method_entry(ctx: Context, c: Candidate, done: Mapping[str, Entry], evaluator: Evaluator,
+                 commit: str | None = None) -> dict[str, Any]:
+    """One model's entry in summary.json: its cost (every run it needed, plus its selection's forward passes),
+    its quality (validation perplexity, every lm-eval score), and the cache entries it reused that another commit
+    than the run's (`commit`) built."""
     records = [done[k].record for k in c.runs]
-    ppl = ctx.measure(c.model_key, c.open)
-    evaluator.ppl_blocks[c.label] = ppl["blocks"]
+    selection = ctx.measure(c.model_key, c.open)  # the slice the arms selected on: shown, never tested
+    ppl = ctx.measure_report(c.model_key, c.open)  # the held-out report slice: every reported perplexity
+    evaluator.ppl_units[c.label] = ppl["examples"]
     train_flops = sum(r["train_flops"] for r in records)
     selection_flops = c.selection_flops if c.selection_flops is not None else cost.forward_flops(
         ctx.model_config, c.selection_forward_tokens, ctx.cfg.budget.seq_len)
@@ -366,14 +397,20 @@ def method_entry(ctx: Context, c: Candidate, done: Mapping[str, Entry], evaluato
         "train_device_s": sum(r.get("train_device_s", r["train_wall_s"]) for r in records),
         "devices": sorted({r["device"] for r in records if "device" in r}),
         "runs": len(records),
-        "search_forward_tokens": c.selection_forward_tokens,
+        "selection_forward_tokens": c.selection_forward_tokens,  # search trials, grid validation, RegMix proxies
+        "search_forward_tokens": c.selection_forward_tokens,  # the old name, kept one release as an alias
         "selection_flops": selection_flops,
         "total_flops": train_flops + selection_flops,
-        "val_ppl": ppl["val_ppl"],
+        "val_ppl": ppl["val_ppl"],  # the report slice
         "val_ppl_by_dist": ppl["val_ppl_by_dist"],
         "val_score": ctx.score(ppl),
+        "selection_val_ppl": selection["val_ppl"],  # the selection slice (optimistic for the selected models)
+        "selection_val_ppl_by_dist": selection["val_ppl_by_dist"],
+        "selection_val_score": ctx.score(selection),
         "scores": evaluator.scores(c),
         "selected": c.selected,
+        "built_by_other_commit": provenance.other_code(
+            [*records, selection, ppl, evaluator.records[c.label], *ctx.cache.records_of(c.model_key)], commit),
     }
 
 

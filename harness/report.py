@@ -34,20 +34,41 @@ def score_columns(summary: dict[str, Any]) -> list[str]:
     return [k for k in first if k.endswith("/acc")]  # summaries written before headline metrics existed
 
 
+def higher_is_better(summary: dict[str, Any]) -> dict[str, bool]:
+    """Per score column, whether a higher value is better: lm-eval's `higher_is_better` of the task's headline
+    metric (a perplexity task such as wikitext is lower-is-better); summaries from before it was recorded: True."""
+    known = summary.get("higher_is_better") or {}
+    return {col: bool(known.get(col.split("/", 1)[0], True)) for col in score_columns(summary)}
+
+
+def mean_columns(summary: dict[str, Any]) -> list[str]:
+    """The score columns `mean_score` averages: the higher-is-better ones (a mean with a lower-is-better metric in
+    it would reward getting worse on that task)."""
+    return [col for col, up in higher_is_better(summary).items() if up]
+
+
+def selection_tokens(m: dict[str, Any]) -> int:
+    """Forward tokens a model's selection used (`search_forward_tokens`: the name before it counted the grid's
+    validation passes and RegMix's proxies too)."""
+    return m.get("selection_forward_tokens", m.get("search_forward_tokens", 0))
+
+
 def rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     """One flat row per model: perplexities, task scores, cost (FLOPs relative to the mixing arm)."""
     mixing_flops = summary["methods"]["data_mixing"]["train_flops"]
-    columns = score_columns(summary)
+    columns, averaged = score_columns(summary), mean_columns(summary)
     out = []
     for name, m in summary["methods"].items():
         row: dict[str, Any] = {"model": name, "val_ppl": m["val_ppl"]}
         row |= {f"val_ppl/{d}": v for d, v in m["val_ppl_by_dist"].items()}
+        if "selection_val_ppl" in m:
+            row["sel_val_ppl"] = m["selection_val_ppl"]
         scores = {k: m["scores"][k] for k in columns}
         row |= scores
-        row["mean_score"] = sum(scores.values()) / len(scores) if scores else None
+        row["mean_score"] = sum(scores[k] for k in averaged) / len(averaged) if averaged else None
         device_s = m.get("train_device_s", m["train_wall_s"])
         row |= {"train_tokens": m["train_tokens"], "train_flops": m["train_flops"], "train_wall_s": m["train_wall_s"],
-                "device_h": device_s / 3600, "search_forward_tokens": m["search_forward_tokens"],
+                "device_h": device_s / 3600, "selection_forward_tokens": selection_tokens(m),
                 "cost_vs_mixing": m["train_flops"] / mixing_flops if mixing_flops else None}
         out.append(row)
     return out
@@ -56,10 +77,10 @@ def rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
 def _fmt_table(table: pd.DataFrame) -> str:
     fmt = table.copy()
     for col in fmt.columns:
-        if col.startswith("val_ppl"):
+        if col.startswith(("val_ppl", "sel_val_ppl")):
             fmt[col] = fmt[col].map(lambda v: f"{v:.3g}" if v < 1e4 else f"{v:.2e}")
         elif "/" in col or col == "mean_score":
-            fmt[col] = fmt[col].map(lambda v: f"{v:.3f}")
+            fmt[col] = fmt[col].map(lambda v: "n/a" if v is None or v != v else f"{v:.3f}")
         elif col == "device_h":
             fmt[col] = fmt[col].map(lambda v: f"{v:.4f}")
         elif col == "train_flops":
@@ -115,8 +136,10 @@ def headline_text(summary: dict[str, Any]) -> str:
              if paired else "**DEM − data mixing: no per-sample statistics in this summary.**"]
     ppl = paired.get("val_log_ppl")
     if ppl:
+        where = ("the report slice, never used for selection; whole examples resampled within each distribution"
+                 if ppl.get("slice") == "report" else "validation blocks")
         lines.append(f"Validation perplexity, DEM ÷ data mixing: {ppl['ratio']:.3g} [{ppl['ratio_low']:.3g}, "
-                     f"{ppl['ratio_high']:.3g}] (paired over validation blocks, {_p_eq(ppl['p_value'])}; below 1 "
+                     f"{ppl['ratio_high']:.3g}] (paired over {where}; {_p_eq(ppl['p_value'])}; below 1 "
                      "favours DEM).")
     train_ratio = summary.get("cost_ratio_train", dem["train_flops"] / dm["train_flops"])
     total = summary.get("cost_ratio")
@@ -162,7 +185,9 @@ def _paired_table(summary: dict[str, Any]) -> str:
     out = ["| comparison | task | difference [95% CI] | p (paired bootstrap) | p (McNemar) |", "|---|---|---|---|---|"]
     for name, comp in paired.items():
         for task, d in comp.get("tasks", {}).items():
-            out.append(f"| {name} | {task} | {_ci(d, 'diff')} | {_p(d['p_value'])} | {_p(d.get('mcnemar_p'))} |")
+            lower = "" if d.get("higher_is_better", True) else " (lower is better)"
+            out.append(f"| {name} | {task}{lower} | {_ci(d, 'diff')} | {_p(d['p_value'])} | "
+                       f"{_p(d.get('mcnemar_p'))} |")
         if comp.get("mean"):
             out.append(f"| {name} | **mean over tasks** | {_ci(comp['mean'], 'diff')} | {_p(comp['mean']['p_value'])} "
                        "| |")
@@ -183,15 +208,52 @@ def markdown(summary: dict[str, Any], table: pd.DataFrame) -> str:
         f"- Seed {summary['seed']}, git {summary['provenance']['git_commit']}, "
         f"harness wall time {summary['wall_s']:.0f} s\n"
         + (f"- Statistics: {method_note}\n" if method_note else "") + "\n"
-        + _score_table(summary) + _paired_table(summary)
+        + _other_code_text(summary) + _score_table(summary) + _paired_table(summary)
         + "## All models\n\n"
-        "`val_ppl` pools the validation sets of all distributions; task columns show each task's headline metric "
-        "(every metric is in summary.json); `mean_score` is their mean; `device_h` = device-hours of the arm's "
+        + _slices_text(summary) +
+        "task columns show each task's headline metric (every metric is in summary.json); `mean_score` is the mean "
+        "of the higher-is-better ones" + _excluded_text(summary) + "; `device_h` = device-hours of the arm's "
         "training on " + summary.get("runtime", {}).get("device", "?") + "; `cost_vs_mixing` "
         "= train FLOPs ÷ the data-mixing arm's (all its runs); `base` is the shared starting point (its "
         "pre-training is not counted).\n\n"
         + _fmt_table(table)
     )
+
+
+def _other_code_text(summary: dict[str, Any]) -> str:
+    """Models whose numbers come, in part, from cache entries another commit built (the code may have changed)."""
+    lines = []
+    for name, m in summary["methods"].items():
+        other = m.get("built_by_other_commit") or []
+        if other:
+            commits = sorted({str(e["git_commit"])[:10] if e["git_commit"] else "unrecorded" for e in other})
+            kinds = sorted({e["kind"] for e in other})
+            lines.append(f"- `{name}`: {len(other)} cached result(s) ({', '.join(kinds)}) built by commit(s) "
+                         f"{', '.join(commits)}")
+    if not lines:
+        return ""
+    run = summary.get("provenance", {}).get("git_commit") or "unknown"
+    return (f"## Results reused from other code\n\nThis run is commit {run[:10]}; these models reuse cache entries "
+            "another commit built (every key names the stage versions that change results, so reuse is safe unless "
+            "a change was made without bumping them; summary.json lists each entry):\n\n" + "\n".join(lines)
+            + "\n\n")
+
+
+def _slices_text(summary: dict[str, Any]) -> str:
+    """Which validation slice each perplexity column is on."""
+    v = summary.get("validation")
+    if not v:
+        return "`val_ppl` pools the validation sets of all distributions (the set the arms selected on); "
+    report = ", ".join(f"{n} {k}" for n, k in v["report"].items())
+    selection = ", ".join(f"{n} {k}" for n, k in v["selection"].items())
+    return (f"`val_ppl` and `val_ppl/<distribution>` are on the **report slice** ({report} examples), which no "
+            f"selection saw; `sel_val_ppl` is on the selection slice ({selection} examples) that DEM's search and "
+            "the mixing grid chose on, so it flatters the models chosen on it; ")
+
+
+def _excluded_text(summary: dict[str, Any]) -> str:
+    lower = [c for c, up in higher_is_better(summary).items() if not up]
+    return f" (left out, lower is better: {', '.join(lower)})" if lower else ""
 
 
 def plot(table: pd.DataFrame) -> bytes:

@@ -18,12 +18,15 @@ from safetensors.torch import load_file, save_file
 
 from harness.cache import Entry, RunCache, spec_key
 from harness.models import LoadOptions, Runtime, load_tokenizer
-from harness.tokens import IGNORE, Sequence_
+from harness.tokens import IGNORE, TOKENIZE_VERSION, Sequence_
 
 log = logging.getLogger(__name__)
 
 DATA_VERSION = 2  # bump when a generator's output changes (or one is added: the tiny tokenizer sees them all)
 POOL_VERSION = 1  # bump when the stored token-pool format changes
+# Bump when a change to training (harness/training.py, or how runs.py feeds it) changes what a run produces: weights,
+# losses, the cost record. Part of every trained run's key and the tiny base's; tests/test_versions.py guards it.
+TRAIN_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -47,9 +50,11 @@ class RunSpec:
         return int(self.budget["train_tokens"])
 
     def cache_spec(self) -> dict[str, Any]:
-        """What determines the trained weights (not where the base lives, nor how memory is saved)."""
+        """What determines the trained weights (not where the base lives, nor how memory is saved): the token
+        pools name the tokenizer and its options, `options` how the model is opened."""
         return {"base": self.base_key, "weights": self.weights,
-                "data": {"version": DATA_VERSION, "fingerprints": self.fingerprints}, "budget": self.budget,
+                "data": {"version": DATA_VERSION, "fingerprints": self.fingerprints}, "pools": self.pools,
+                "options": self.options, "train_version": TRAIN_VERSION, "budget": self.budget,
                 "seed": self.seed, "device_type": torch.device(self.device).type, "dtype": self.dtype}
 
     @property
@@ -80,13 +85,23 @@ def normalise(weights: dict[str, float]) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------------- token pools
 
 
-def store_pools(cache: RunCache, base_key: str, seqs: dict[str, list[Sequence_]],
+def tokenizer_spec(base_key: str, options: LoadOptions) -> dict[str, Any]:
+    """What determines how text becomes tokens: the base's tokenizer, how it is opened (`use_fast_tokenizer`, …)
+    and the tokenisation code's version. Part of every key that reads tokens."""
+    return {"base": base_key, "options": asdict(options), "version": TOKENIZE_VERSION}
+
+
+def pool_spec(tokenizer: dict[str, Any], fingerprint: str) -> dict[str, Any]:
+    return {"tokenizer": tokenizer, "fingerprint": fingerprint, "version": POOL_VERSION}
+
+
+def store_pools(cache: RunCache, tokenizer: dict[str, Any], seqs: dict[str, list[Sequence_]],
                 fingerprints: dict[str, str]) -> dict[str, str]:
     """Each distribution's tokenized training sequences as a cache entry (ids + prompt lengths); returns the keys
-    a RunSpec names. Keyed by the base (its tokenizer) and the rows' fingerprint."""
+    a RunSpec names. Keyed by the tokenizer (`tokenizer_spec`) and the rows' fingerprint."""
     keys = {}
     for name, pool in seqs.items():
-        spec = {"tokenizer": base_key, "fingerprint": fingerprints[name], "version": POOL_VERSION}
+        spec = pool_spec(tokenizer, fingerprints[name])
 
         def write(folder: Path, pool: list[Sequence_] = pool) -> dict[str, Any]:
             ids = [t for s in pool for t in s[0]]

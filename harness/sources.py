@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import difflib
 import hashlib
+import itertools
 import json
 import logging
 import string
@@ -63,6 +64,7 @@ class SourceConfig:
     shuffle_buffer: int = 10_000  # streaming: rows in the shuffle buffer (bigger = closer to a full shuffle)
     n_train: int | None = None  # rows to train on; None = data.n_train
     n_val: int | None = None  # validation rows; None = data.n_val
+    n_report: int | None = None  # report-slice rows; None = data.n_report
     fields: dict[str, str] = field(default_factory=dict)  # format field -> this dataset's column, if renamed
     columns: list[str] | None = None  # .csv/.tsv without a header row: its column names, in order
     prompt_field: str = "prompt"  # text: the column holding the prompt
@@ -82,10 +84,12 @@ class Distribution:
 
     name: str
     train: list[Example]
-    val: list[Example]
+    val: list[Example]  # the selection slice: what the arms' searches and grids select on
     test: list[Example]
-    fingerprint: str
+    fingerprint: str  # of train + val: what training runs and selections depend on
     info: dict[str, Any]
+    report: list[Example] = field(default_factory=list)  # the report slice: held out, never seen by a selection
+    report_fingerprint: str = ""
 
 
 class MissingField(KeyError):
@@ -483,13 +487,17 @@ def draw(rows: Iterator[tuple[dict[str, Any], Part, int | None]], n: int, fmt: F
     return out, skipped
 
 
-def carve_sizes(available: int | None, n_train: int, n_val: int) -> tuple[int, int]:
-    """Train/val sizes when both come from one split. Short of rows, validation keeps its size (both arms select
-    on it) unless that leaves train fewer rows than validation: then validation gets half."""
-    if available is None or available >= n_train + n_val:
-        return n_train, n_val
-    val = min(n_val, available // 2)
-    return min(n_train, available - val), val
+def carve_sizes(available: int | None, n_train: int, n_val: int, n_report: int = 0) -> tuple[int, int, int]:
+    """Train/val/report sizes when all come from one split. Short of rows, the held-out slices keep their sizes
+    unless that leaves train fewer rows than they hold together: then they get half, shared in proportion."""
+    held = n_val + n_report
+    if available is None or available >= n_train + held:
+        return n_train, n_val, n_report
+    if available - held >= held:
+        return available - held, n_val, n_report
+    half = available // 2
+    report = n_report * half // held if held else 0
+    return available - half, half - report, report
 
 
 def fingerprint(fmt: Format, train: list[Example], val: list[Example]) -> str:
@@ -508,34 +516,40 @@ def _count(parts: list[Part]) -> int | None:
 
 
 def load_builtin(name: str, source: SourceConfig, *, seed: int, n_train: int, n_val: int,
-                 n_test: int) -> Distribution:
+                 n_test: int, n_report: int = 0) -> Distribution:
     """The seeded generator of harness/data.py, unchanged (the embedded default's numbers are pinned)."""
     generator = source.name or name
     if generator not in GENERATORS:
         raise SourceError(f"data.sources.{name}: no built-in generator '{generator}'; available: "
                           f"{', '.join(sorted(GENERATORS))} (or give the distribution a source with a path)")
-    s = generate_splits(generator, seed, n_train, n_val, n_test)
+    s = generate_splits(generator, seed, n_train, n_val, n_test, n_report)
     fmt = FORMATS["builtin"]
     info = {"format": "builtin", "generator": generator, "rows_available": None, "train": len(s.train),
-            "val": len(s.val), "test": len(s.test), "template": f"harness.data.{GENERATORS[generator].__name__}"}
-    return Distribution(name, s.train, s.val, s.test, fingerprint(fmt, s.train, s.val), info)
+            "val": len(s.val), "report": len(s.report), "test": len(s.test),
+            "template": f"harness.data.{GENERATORS[generator].__name__}"}
+    return Distribution(name, s.train, s.val, s.test, fingerprint(fmt, s.train, s.val), info, s.report,
+                        fingerprint(fmt, [], s.report))
 
 
 def load_distribution(name: str, source: SourceConfig, *, seed: int, n_train: int, n_val: int,
-                      n_test: int) -> Distribution:
+                      n_test: int, n_report: int | None = None) -> Distribution:
     """Read, split and format one distribution's rows; SourceError (one line) on any bad input.
 
-    n_train/n_val are data.n_train/n_val; the source's own n_train/n_val win when set. Real formats return
-    test=[] (their evaluation is a stock lm-eval task). When a source has fewer rows than asked, all of them
-    are used (see carve_sizes) and info["short"] says so; fewer than two rows is an error.
+    n_train/n_val/n_report are data.n_train/n_val/n_report; the source's own values win when set, and an unset
+    n_report is the distribution's n_val. Validation is
+    two disjoint slices: `val`, the selection slice the arms select on, and `report`, drawn after train and val
+    (so adding it changes neither) and used only for reported perplexities. Real formats return test=[] (their
+    evaluation is a stock lm-eval task). When a source has fewer rows than asked, all of them are used (see
+    carve_sizes) and info["short"] says so; fewer than two rows is an error.
     """
     n_train, n_val = source.n_train or n_train, source.n_val or n_val
+    n_report = source.n_report or (n_val if n_report is None else n_report)  # None: as many as val; 0: none
     try:
         fmt = get_format(source.format)
     except SourceError as err:
         raise SourceError(f"data.sources.{name}.format: {err}") from None
     if fmt.format_row is None:
-        return load_builtin(name, source, seed=seed, n_train=n_train, n_val=n_val, n_test=n_test)
+        return load_builtin(name, source, seed=seed, n_train=n_train, n_val=n_val, n_test=n_test, n_report=n_report)
     try:
         parts = open_parts(source, fmt, source.split)
     except SourceError as err:
@@ -545,11 +559,12 @@ def load_distribution(name: str, source: SourceConfig, *, seed: int, n_train: in
         raise SourceError(f"data.sources.{name}: {parts[0].label}: no rows")
     rows = iter_rows(parts, stable_seed(seed, "source", name), source.shuffle_buffer)
     if source.val_split is None:
-        want_train, want_val = carve_sizes(available, n_train, n_val)
+        want_train, want_val, want_report = carve_sizes(available, n_train, n_val, n_report)
         val, skipped_val = draw(rows, want_val, fmt, source, name, set(), dedupe=True)
         train, skipped_train = draw(rows, want_train, fmt, source, name, {e.text for e in val}, dedupe=False)
+        held_rows = rows  # the report slice: the rows after train's, disjoint from both
     else:
-        want_train, want_val = min(n_train, available or n_train), n_val
+        want_train, want_val, want_report = min(n_train, available or n_train), n_val, n_report
         train, skipped_train = draw(rows, want_train, fmt, source, name, set(), dedupe=False)
         try:
             val_parts = open_parts(source, fmt, source.val_split)
@@ -557,19 +572,28 @@ def load_distribution(name: str, source: SourceConfig, *, seed: int, n_train: in
             raise SourceError(f"data.sources.{name}: {err}") from None
         val_rows = iter_rows(val_parts, stable_seed(seed, "source", name, "val"), source.shuffle_buffer)
         val, skipped_val = draw(val_rows, want_val, fmt, source, name, {e.text for e in train}, dedupe=True)
+        held_rows = itertools.chain(val_rows, rows)  # the report slice: the validation split's rows after val's,
+        # then (a small validation split) the train split's rows after train's
+    report, skipped_report = draw(held_rows, want_report, fmt, source, name,
+                                  {e.text for e in train} | {e.text for e in val}, dedupe=True)
     if not train or not val:
         raise SourceError(f"data.sources.{name}: {parts[0].label}: {available or len(train) + len(val)} usable "
                           f"row(s); need at least one for train and one for validation")
+    if n_report and not report:
+        raise SourceError(f"data.sources.{name}: no rows left for the report slice after {len(train)} train and "
+                          f"{len(val)} validation rows; lower data.n_val or data.n_train, or give it more rows")
+    short = len(train) < n_train or len(val) < n_val or len(report) < n_report
     info = {
         "format": fmt.name, "path": source.path, "name": source.name, "split": source.split,
         "val_split": source.val_split, "rows_available": available, "train": len(train), "val": len(val),
-        "requested": {"train": n_train, "val": n_val}, "short": len(train) < n_train or len(val) < n_val,
-        "duplicates_skipped": skipped_train + skipped_val, "template": fmt.template, "template_version": fmt.version,
+        "report": len(report), "requested": {"train": n_train, "val": n_val, "report": n_report}, "short": short,
+        "duplicates_skipped": skipped_train + skipped_val + skipped_report, "template": fmt.template,
+        "template_version": fmt.version,
     }
-    if info["short"]:
-        log.warning("data.sources.%s: %s rows available; using %d train + %d val (asked %d + %d)", name,
-                    available, len(train), len(val), n_train, n_val)
-    return Distribution(name, train, val, [], fingerprint(fmt, train, val), info)
+    if short:
+        log.warning("data.sources.%s: %s rows available; using %d train + %d val + %d report (asked %d + %d + %d)",
+                    name, available, len(train), len(val), len(report), n_train, n_val, n_report)
+    return Distribution(name, train, val, [], fingerprint(fmt, train, val), info, report, fingerprint(fmt, [], report))
 
 
 # ----------------------------------------------------------------------------------------------- checks
@@ -587,7 +611,7 @@ def check_source(name: str, source: SourceConfig, *, peek: bool = True) -> list[
     except SourceError as err:
         return [f"{key}.format: {err}"]
     problems = [f"{key}.{k}={getattr(source, k)}: must be a positive integer or null"
-                for k in ("n_train", "n_val") if getattr(source, k) is not None and getattr(source, k) < 1]
+                for k in ("n_train", "n_val", "n_report") if getattr(source, k) is not None and getattr(source, k) < 1]
     if source.n_positive_examples < 0:
         problems.append(f"{key}.n_positive_examples={source.n_positive_examples}: must be >= 0")
     if fmt.format_row is None:

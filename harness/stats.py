@@ -106,6 +106,29 @@ def _resampled_means(columns: np.ndarray, n_boot: int, rng: np.random.Generator)
     return out
 
 
+def _resampled_sums(columns: np.ndarray, strata: np.ndarray | None, n_boot: int,
+                    rng: np.random.Generator) -> np.ndarray:
+    """Sums of `columns` (k × n) over resamples of the n items drawn *within* each stratum (each stratum keeps its
+    size, so every replicate holds the same mix of strata). Without strata, means (every caller takes a ratio of
+    two columns, which the common factor n leaves unchanged). Returns k × n_boot."""
+    if strata is None:
+        return _resampled_means(columns, n_boot, rng)
+    total = np.zeros((columns.shape[0], n_boot))
+    for label in np.unique(strata):  # sorted: the draw order, and so the result, is fixed by the data
+        part = columns[:, strata == label]
+        total += _resampled_means(part, n_boot, rng) * part.shape[1]
+    return total
+
+
+def _strata(strata: Any, n: int) -> np.ndarray | None:
+    if strata is None:
+        return None
+    arr = np.asarray(strata)
+    if arr.shape != (n,):
+        raise ValueError(f"strata: expected one label per sequence ({n}), got shape {arr.shape}")
+    return arr
+
+
 def _percentile(replicates: np.ndarray, alpha: float) -> tuple[float, float]:
     """Percentile interval (Efron & Tibshirani 1993, ch. 13): the α/2 and 1-α/2 quantiles of the replicates."""
     low, high = np.quantile(replicates, [alpha / 2, 1 - alpha / 2])
@@ -227,19 +250,23 @@ def _nll_tokens(nll: ArrayLike, tokens: ArrayLike, name: str = "nll") -> tuple[n
 
 
 def ppl_with_ci(nll: ArrayLike, tokens: ArrayLike, *, n_boot: int = 10_000, alpha: float = 0.05,
-                seed: int = 0) -> dict[str, Any]:
+                seed: int = 0, strata: ArrayLike | None = None) -> dict[str, Any]:
     """Pooled perplexity exp(Σ nll / Σ tokens) with a bootstrap CI over sequences.
 
-    `nll[i]` is the *summed* NLL (nats) of sequence/block i and `tokens[i]` its scored-token count, as
+    `nll[i]` is the *summed* NLL (nats) of sequence/example i and `tokens[i]` its scored-token count, as
     `harness.perplexity.nll` returns. Sequences, not tokens, are resampled: tokens within a sequence are correlated,
     so a token-level bootstrap would give too narrow an interval. Each replicate is a ratio of resampled sums.
+    With `strata` (a label per sequence, e.g. its distribution) sequences are resampled within each stratum, so
+    every replicate pools the distributions in the observed proportions.
 
     Returns {"ppl", "low", "high", "log_ppl" (mean nll per token), "n" (sequences with scored tokens), "tokens",
     "n_boot"}."""
     _settings(n_boot, alpha)
     s, t, keep = _nll_tokens(nll, tokens)
+    groups = _strata(strata, s.size)
     s, t = s[keep], t[keep]
-    sums = _resampled_means(np.stack([s, t]), n_boot, np.random.default_rng(seed))
+    groups = groups[keep] if groups is not None else None
+    sums = _resampled_sums(np.stack([s, t]), groups, n_boot, np.random.default_rng(seed))
     low, high = _percentile(sums[0] / sums[1], alpha)
     log_ppl = float(s.sum() / t.sum())
     return {"ppl": math.exp(log_ppl), "low": math.exp(low), "high": math.exp(high), "log_ppl": log_ppl,
@@ -247,26 +274,30 @@ def ppl_with_ci(nll: ArrayLike, tokens: ArrayLike, *, n_boot: int = 10_000, alph
 
 
 def paired_log_ppl_difference(nll_a: ArrayLike, nll_b: ArrayLike, tokens: ArrayLike, *, n_boot: int = 10_000,
-                              alpha: float = 0.05, seed: int = 0) -> dict[str, Any]:
+                              alpha: float = 0.05, seed: int = 0, strata: ArrayLike | None = None) -> dict[str, Any]:
     """log ppl(a) − log ppl(b) on the same sequences, with a paired bootstrap over sequences.
 
     With a shared tokenizer the token counts are the same for both models, so the difference is
     Σ(nll_a − nll_b) / Σ tokens; each replicate resamples sequences once for both models. exp(diff) is the ratio
     ppl(a)/ppl(b) (< 1: a is better), with the CI mapped through exp.
 
+    With `strata`, sequences are resampled within each stratum (as in `ppl_with_ci`).
+
     Returns {"diff", "low", "high", "p_value", "ratio", "ratio_low", "ratio_high", "n", "tokens", "n_boot",
     "method"}; p_value as in `paired_difference`."""
     _settings(n_boot, alpha)
     sa, t, keep = _nll_tokens(nll_a, tokens, "nll_a")
     sb, _, _ = _nll_tokens(nll_b, tokens, "nll_b")
+    groups = _strata(strata, sa.size)
     delta, t = (sa - sb)[keep], t[keep]
-    sums = _resampled_means(np.stack([delta, t]), n_boot, np.random.default_rng(seed))
+    groups = groups[keep] if groups is not None else None
+    sums = _resampled_sums(np.stack([delta, t]), groups, n_boot, np.random.default_rng(seed))
     reps = sums[0] / sums[1]
     low, high = _percentile(reps, alpha)
     diff = float(delta.sum() / t.sum())
     return {"diff": diff, "low": low, "high": high, "p_value": _two_sided_p(reps), "ratio": math.exp(diff),
             "ratio_low": math.exp(low), "ratio_high": math.exp(high), "n": int(t.size), "tokens": int(t.sum()),
-            "n_boot": int(n_boot), "method": "paired-bootstrap"}
+            "n_boot": int(n_boot), "method": "paired-bootstrap" if groups is None else "stratified-paired-bootstrap"}
 
 
 # --------------------------------------------------------------------------------------------- calibration

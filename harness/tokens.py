@@ -10,6 +10,9 @@ from transformers import PreTrainedTokenizerBase
 
 from harness.data import Example
 
+# Bump when tokenisation's output changes meaning (what encode/encode_text/pack produce): it is part of every key
+# that reads tokens (token pools, trained runs, perplexities, the tiny base); tests/test_versions.py guards it.
+TOKENIZE_VERSION = 1
 IGNORE = -100  # label value the loss skips (PyTorch's cross_entropy default ignore_index)
 
 Sequence_ = tuple[list[int], list[int]]  # (input_ids, labels)
@@ -47,3 +50,14 @@ def pack(seqs: Sequence[Sequence_], seq_len: int, pad_id: int, max_blocks: int |
     x = torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len)
     y = torch.tensor(labels[: n * seq_len], dtype=torch.long).view(n, seq_len)
     return x, y
+
+
+def pack_examples(seqs: Sequence[Sequence_], seq_len: int,
+                  pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`pack(..., drop_last=False)` plus, for every position, the index of the sequence its label belongs to (-1
+    for unlabelled positions): per-example losses can be summed back even where a block cuts an example apart,
+    so a bootstrap can resample whole examples rather than blocks."""
+    x, y = pack(seqs, seq_len, pad_id, drop_last=False)
+    owners = [i if label != IGNORE else -1 for i, s in enumerate(seqs) for label in s[1]]
+    owners += [-1] * (x.numel() - len(owners))
+    return x, y, torch.tensor(owners, dtype=torch.long).view(x.shape)

@@ -178,7 +178,7 @@ DATASETS: list[tuple[str, str | None, dict[str, list[dict[str, Any]]]]] = [
     ("SaylorTwift/bbh", "boolean_expressions", {
         "test": [{"input": q, "target": a} for q, a in BBH]}),
     *[("SaylorTwift/bbh", sub, {"test": BBH_GENERIC}) for sub in BBH_SUBTASKS],
-    ("regisss/math_qa", None, {"train": MATHQA[:1], "validation": MATHQA[1:2], "test": MATHQA}),
+    ("regisss/math_qa", None, {"train": MATHQA[:1], "validation": MATHQA[1:], "test": MATHQA}),
     ("aps/super_glue", "boolq", {"train": BOOLQ[:1], "validation": BOOLQ}),
     ("allenai/openbookqa", "main", {"train": OPENBOOKQA[:1], "validation": OPENBOOKQA[1:2], "test": OPENBOOKQA}),
     ("truthfulqa/truthful_qa", "multiple_choice", {"validation": TRUTHFULQA}),

@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 
 from harness.cache import RunCache
 from harness.data import generate_splits
-from harness.models import load_tokenizer
-from harness.runs import RunSpec, execute, store_pools
+from harness.models import LoadOptions, load_tokenizer
+from harness.runs import RunSpec, execute, store_pools, tokenizer_spec
 from harness.tokens import encode
 from harness.train_run import main
 
@@ -37,7 +37,8 @@ def micro_spec(micro_base, cache_root: Path) -> RunSpec:
     tok = load_tokenizer(base_dir)
     pool = [encode(tok, e) for e in generate_splits("mathqa", 0, 100, 1, 1).train]
     fingerprints = {"mathqa": "test-mathqa-100"}
-    pools = store_pools(RunCache(cache_root), "micro-test", {"mathqa": pool}, fingerprints)
+    pools = store_pools(RunCache(cache_root), tokenizer_spec("micro-test", LoadOptions()), {"mathqa": pool},
+                        fingerprints)
     budget = {k: v for k, v in OmegaConf.to_container(cfg.budget, resolve=True).items() if k != "mode"}
     return RunSpec(base_key="micro-test", base_path=str(base_dir), weights={"mathqa": 1.0},
                    fingerprints=fingerprints, pools=pools, budget=budget, seed=0, device="cpu", dtype="float32")

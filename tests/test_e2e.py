@@ -17,10 +17,10 @@ MODEL_FIELDS = {"train_tokens", "train_flops", "train_wall_s", "search_forward_t
 DISTS = ("mathqa", "sni", "cot")
 
 
-def _run(out: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
+def _run(out: Path, cache: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     # MICRO_PINNED: with the robustness pass, so the whole evaluation path runs end to end here
     args = [a for a in MICRO_PINNED if not a.startswith("tracking")] + ["tracking=offline", "dem.n_trials=4", *extra]
-    env = {**os.environ, "WANDB_SILENT": "true"}
+    env = {**os.environ, "WANDB_SILENT": "true", **(env or {})}
     return subprocess.run([sys.executable, "-m", "harness", *args, f"output_dir={out}", f"cache_dir={cache}"],
                           capture_output=True, text=True, timeout=600, env=env)
 
@@ -50,9 +50,21 @@ def test_summary_has_the_contract_fields(first_run):
     dm, dem = methods["data_mixing"], methods["dem"]
     assert len(dm["selected"]["grid"]) == 6 and dm["selected"]["weights"] in [g["weights"] for g in
                                                                              dm["selected"]["grid"]]
-    assert dm["val_ppl"] == min(g["val_ppl"] for g in dm["selected"]["grid"])
+    # Selection and report slices: the grid chose on the selection slice; every reported perplexity is on the
+    # report slice, held out from every selection (and its CI and paired test resample whole examples).
+    assert dm["selection_val_ppl"] == min(g["val_ppl"] for g in dm["selected"]["grid"])
+    assert dem["selection_val_ppl"] == pytest.approx(dem["selected"]["search_score"], rel=1e-5)  # its best trial
+    for m in (dm, dem):
+        assert m["val_ppl"] != m["selection_val_ppl"]
+    validation = summary["validation"]
+    assert validation["selection"] == validation["report"] == {d: 20 for d in DISTS}
+    ppl_stats = summary["statistics"]["val_ppl"]["dem"]
+    assert ppl_stats["slice"] == "report" and ppl_stats["n"] == 60 and ppl_stats["ppl"] == pytest.approx(dem["val_ppl"])
+    paired = summary["statistics"]["paired"]["dem - data_mixing"]["val_log_ppl"]
+    assert paired["slice"] == "report" and paired["n"] == 60 and paired["method"] == "stratified-paired-bootstrap"
     assert dem["selected"]["n_trials"] == 4 and set(dem["selected"]["weights"]) == set(DISTS)
     assert dem["search_forward_tokens"] > 0 and dm["search_forward_tokens"] > 0
+    assert dem["selection_forward_tokens"] == dem["search_forward_tokens"]  # the old name: an alias
     # DEM trains 3 models, the grid 6: same per-run budget, so DEM's FLOPs are half of mixing's
     assert dem["train_flops"] < dm["train_flops"]
     assert summary["cost_ratio_train"] == pytest.approx(dem["train_flops"] / dm["train_flops"]) == pytest.approx(0.5)
@@ -88,16 +100,28 @@ def test_report_files_are_written(first_run):
     assert (out / ".hydra" / "config.yaml").exists()  # the resolved config of the run
 
 
-def test_rerun_reuses_every_finished_run(first_run):
+def test_rerun_reuses_every_finished_run_and_names_the_code_that_built_it(first_run):
     root, _ = first_run
-    proc = _run(root / "out2", root / "cache")
+    # The rerun sees no git repository, so its commit differs from the one every entry recorded.
+    proc = _run(root / "out2", root / "cache", env={"GIT_DIR": str(root / "no-repo")})
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
     assert "cache miss" not in log
     assert log.count("cache hit train/") == 6  # 3 singles + 3 more grid points (corners are the singles): once each
     one = json.loads((root / "out1" / "summary.json").read_text())["methods"]
     two = json.loads((root / "out2" / "summary.json").read_text())["methods"]
+    other = {name: two[name].pop("built_by_other_commit") for name in two}
+    assert all(one[name].pop("built_by_other_commit") == [] for name in one)  # built by this commit
     assert one == two
+    commit = json.loads((root / "out1" / "summary.json").read_text())["provenance"]["git_commit"]
+    kinds = {name: {e["kind"] for e in entries} for name, entries in other.items()}
+    assert kinds["dem"] == {"train", "search", "ppl", "eval"} and kinds["base"] == {"base", "ppl", "eval"}
+    assert all(e["git_commit"] == commit for entries in other.values() for e in entries)
+    assert "## Results reused from other code" in (root / "out2" / "report.md").read_text()
+    # one lock per Optuna study (whatever its n_trials), named by the study's key like its journal folder
+    studies = root / "cache" / "studies"
+    assert {p.name for p in studies.glob(".*.lock")} == {f".{p.name}.lock" for p in studies.iterdir()
+                                                         if p.is_dir()}
 
 
 def test_report_command_rebuilds_from_summary(first_run, tmp_path):

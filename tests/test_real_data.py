@@ -34,7 +34,7 @@ def _files(root: Path) -> dict[str, Path]:
 
 
 def _sources(files: dict[str, Path]) -> str:
-    return ("data.sources={mathqa: {format: mathqa, path: regisss/math_qa, val_split: validation, n_val: 2}, "
+    return ("data.sources={mathqa: {format: mathqa, path: regisss/math_qa, val_split: validation, n_val: 1}, "
             f"sni: {{format: sni, path: '{files['sni']}', n_val: 3}}, "
             f"cot: {{format: flan_cot, path: '{files['cot']}', n_val: 3}}}}")
 

@@ -11,7 +11,7 @@ from dem.vectors import distribution_vector, load_vector, load_vectors, save_vec
 from harness.data import generate_splits
 from harness.models import copy_params
 from harness.perplexity import perplexity
-from harness.tokens import encode, pack
+from harness.tokens import encode, pack, pack_examples
 
 
 def _setup(base_model, tokenizer, method="dem", params=None):
@@ -56,6 +56,40 @@ def test_search_resumes_from_its_journal_without_redoing_trials(base_model, toke
     assert calls == [0, 1, 2, 3, 4]  # the second call ran only the two missing trials
     assert result["n_trials"] == 5
     assert (tmp_path / "study.journal").stat().st_size > 0
+
+
+def test_a_smaller_budget_on_a_longer_study_reports_the_best_of_its_own_first_trials(base_model, tokenizer,
+                                                                                        tmp_path):
+    """One study, two budgets (a `-m dem.n_trials=2,6` sweep): the 2-trial search after the 6-trial one must
+    report what a fresh 2-trial search reports, not the 6-trial study's best."""
+    _, _, val, session, fixed = _setup(base_model, tokenizer)
+    fresh = _search(session, fixed, val, tmp_path / "fresh", n_trials=2, sampler="random")
+    scores = []
+    _, _, val, session, fixed = _setup(base_model, tokenizer)
+    long = _search(session, fixed, val, tmp_path / "shared", n_trials=6, sampler="random",
+                   on_trial=lambda i, w, p: scores.append(p))
+    short = _search(session, fixed, val, tmp_path / "shared", n_trials=2, sampler="random")
+    assert long["n_trials"] == 6 and short["n_trials"] == 2
+    assert short["val_ppl"] == pytest.approx(min(scores[:2])) and short["weights"] == fresh["weights"]
+    assert short["search_forward_tokens"] == fresh["search_forward_tokens"] < long["search_forward_tokens"]
+    if min(scores[2:]) < min(scores[:2]):  # the longer study found better: the short search must not report it
+        assert short["val_ppl"] > long["val_ppl"]
+
+
+def test_report_perplexity_keeps_each_example_whole_across_blocks(base_model, tokenizer):
+    """Blocks cut examples apart; per-example sums put every labelled token back with its example."""
+    examples = generate_splits("cot", 0, 1, 1, 1, n_report=12).report
+    seqs = [encode(tokenizer, e) for e in examples]
+    x, y, owners = pack_examples(seqs, 32, tokenizer.pad_token_id)
+    assert len(x) > 1 and (owners[1:, 0] >= 0).any()  # some block starts inside an example
+    by_example = perplexity(base_model, {"cot": (x, y, owners)})
+    by_block = perplexity(base_model, {"cot": (x, y)})
+    units = by_example["examples"]["cot"]
+    # every labelled token counts for its own example, except one that opens a block (nothing predicts it there)
+    assert units["tokens"] == [sum(t != -100 for t in labels) - int((owners[:, 0] == i).sum())
+                               for i, (_, labels) in enumerate(seqs)]
+    assert by_example["val_ppl"] == pytest.approx(by_block["val_ppl"], rel=1e-6)
+    assert math.exp(sum(units["nll"]) / sum(units["tokens"])) == pytest.approx(by_block["val_ppl"], rel=1e-6)
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "random", "cmaes", "qmc", "gp", "grid"])

@@ -18,6 +18,7 @@ from harness.sources import (
     FORMATS,
     SourceConfig,
     SourceError,
+    carve_sizes,
     check_source,
     format_flan_cot,
     format_mathqa,
@@ -91,7 +92,7 @@ def write_json(path: Path, obj: object) -> Path:
 def load(source: SourceConfig, name: str = "d", seed: int = 0, n_train: int = 100, n_val: int = 2,
          mirror: Path | None = None):
     with hub_mirror(mirror):
-        return load_distribution(name, source, seed=seed, n_train=n_train, n_val=n_val, n_test=5)
+        return load_distribution(name, source, seed=seed, n_train=n_train, n_val=n_val, n_test=5, n_report=0)
 
 
 def texts(d) -> set[str]:
@@ -286,7 +287,7 @@ def test_per_source_sizes_override_data_sizes(tmp_path):
     src = SourceConfig(format="mathqa", path=str(write_json(tmp_path / "m.json", mathqa_rows(20))), n_train=7,
                        n_val=3)
     d = load(src, n_train=100, n_val=50)
-    assert (len(d.train), len(d.val)) == (7, 3) and d.info["requested"] == {"train": 7, "val": 3}
+    assert (len(d.train), len(d.val)) == (7, 3) and d.info["requested"] == {"train": 7, "val": 3, "report": 0}
 
 
 def test_short_source_uses_every_row_and_says_so(tmp_path):
@@ -308,6 +309,38 @@ def test_builtin_wraps_the_generators_unchanged():
     assert (d.train, d.val, d.test) == (s.train, s.val, s.test)
     assert d.fingerprint == load_distribution("mathqa", SourceConfig(), seed=0, n_train=50, n_val=10,
                                               n_test=10).fingerprint
+
+
+# --------------------------------------------------------------------------------------- the report slice
+
+
+def test_builtin_report_slice_is_disjoint_seeded_and_leaves_the_other_splits_as_they_were():
+    without = load_distribution("mathqa", SourceConfig(), seed=0, n_train=50, n_val=10, n_test=10, n_report=0)
+    d = load_distribution("mathqa", SourceConfig(), seed=0, n_train=50, n_val=10, n_test=10, n_report=7)
+    assert (d.train, d.val, d.test, d.fingerprint) == (without.train, without.val, without.test, without.fingerprint)
+    assert len(d.report) == 7 and d.info["report"] == 7
+    report = {e.text for e in d.report}
+    assert not report & ({e.text for e in d.train} | {e.text for e in d.val} | {e.text for e in d.test})
+    again = load_distribution("mathqa", SourceConfig(), seed=0, n_train=50, n_val=10, n_test=10, n_report=7)
+    assert again.report == d.report and again.report_fingerprint == d.report_fingerprint != ""
+    other = load_distribution("mathqa", SourceConfig(), seed=1, n_train=50, n_val=10, n_test=10, n_report=7)
+    assert other.report != d.report
+
+
+def test_real_report_slice_is_drawn_after_train_and_val(tmp_path):
+    rows = mathqa_rows(20)
+    src = SourceConfig(format="mathqa", path=str(write_json(tmp_path / "m.json", rows)))
+    without = load(src, n_train=10, n_val=3)
+    with hub_mirror(None):
+        d = load_distribution("d", src, seed=0, n_train=10, n_val=3, n_test=5, n_report=4)
+        default = load_distribution("d", src, seed=0, n_train=10, n_val=3, n_test=5)  # None: as many as n_val
+    assert (d.train, d.val, d.fingerprint) == (without.train, without.val, without.fingerprint)
+    assert len(d.report) == 4 and len(default.report) == 3 and not d.info["short"]
+    seen = {e.text for e in d.train} | {e.text for e in d.val}
+    assert not {e.text for e in d.report} & seen
+    # Short of rows: the held-out slices keep their sizes until train would hold fewer rows than they do.
+    assert carve_sizes(20, 100, 3, 4) == (13, 3, 4)
+    assert carve_sizes(10, 100, 4, 4) == (5, 3, 2)
 
 
 # --------------------------------------------------------------------------------------- fingerprints

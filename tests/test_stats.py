@@ -188,6 +188,23 @@ def test_paired_log_ppl_difference():
 # ------------------------------------------------------------------------------------------- calibration
 
 
+def test_stratified_ppl_keeps_each_replicate_s_mix_of_distributions():
+    """Two distributions whose examples are each identical: resampled within each distribution, every replicate
+    is the observed sample, so the CI collapses to the point; pooled resampling mixes them differently each time."""
+    nll = [2.0] * 10 + [30.0] * 5
+    tokens = [4] * 10 + [10] * 5
+    strata = ["a"] * 10 + ["b"] * 5
+    flat = ppl_with_ci(nll, tokens, n_boot=500, seed=0)
+    strat = ppl_with_ci(nll, tokens, n_boot=500, seed=0, strata=strata)
+    assert strat["ppl"] == pytest.approx(flat["ppl"]) == pytest.approx(math.exp(190 / 90))
+    assert strat["low"] == pytest.approx(strat["high"]) == pytest.approx(strat["ppl"])
+    assert flat["high"] / flat["low"] > 1.1
+    d = stats.paired_log_ppl_difference(nll, [n - 1 for n in nll], tokens, n_boot=500, strata=strata)
+    assert d["low"] == pytest.approx(d["high"]) == pytest.approx(15 / 90) and d["method"].startswith("stratified")
+    with pytest.raises(ValueError, match="strata"):
+        ppl_with_ci(nll, tokens, strata=["a"])
+
+
 def test_ece_hand_cases():
     assert expected_calibration_error([1.0] * 5, [1] * 5) == 0.0
     assert expected_calibration_error([0.8] * 5, [1, 1, 1, 1, 0]) == pytest.approx(0.0)

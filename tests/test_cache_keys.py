@@ -1,0 +1,50 @@
+"""Every option that changes a cached result is in that result's key, and no other: each model/data/eval option
+is toggled and the keys of the pipeline's entries are compared (computed as a plan computes them, nothing built).
+
+The base is a local folder (`model=hf`), so its key is its files' fingerprint and the options' effect on the
+entries downstream shows directly (a tiny base's key holds every model option itself)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.cache import RunCache, spec_key
+from harness.config import validate
+from harness.pipeline import Evaluator, load_data, make_context
+from tests.conftest import MICRO, compose_cfg
+
+ENTRIES = ("base", "pools", "train", "selection ppl / search", "report ppl", "eval")
+
+
+def _keys(tmp: Path, base: Path, overrides: list[str]) -> dict[str, str]:
+    out = tmp / "out"
+    cfg = validate(compose_cfg([*MICRO, "model=hf", f"model.name_or_path={base}", "model.device=cpu",
+                                f"output_dir={out}", f"cache_dir={tmp / 'cache'}", *overrides]))
+    splits = load_data(cfg)
+    ctx = make_context(cfg, RunCache(cfg.cache_dir), out, splits, build=False)
+    run = ctx.run_spec({"mathqa": 1.0})
+    return {"base": ctx.base.key, "pools": run.pools["mathqa"], "train": run.key,
+            "selection ppl / search": spec_key("ppl", ctx.data_spec), "report ppl": spec_key("ppl", ctx.report_spec),
+            "eval": spec_key("eval", Evaluator(ctx, splits).spec)}
+
+
+@pytest.mark.parametrize(("override", "changed"), [
+    ("model.use_fast_tokenizer=false", {"pools", "train", "selection ppl / search", "report ppl", "eval"}),
+    ("model.use_safetensors=false", {"pools", "train", "selection ppl / search", "report ppl", "eval"}),
+    ("seeds.train=1", {"train"}),
+    ("seeds.data=1", {"pools", "train", "selection ppl / search", "report ppl", "eval"}),
+    # the built-in generators draw train, val, test, report in turn: a size moves every later slice's items
+    ("data.n_train=200", {"pools", "train", "selection ppl / search", "report ppl", "eval"}),
+    ("data.n_val=10", {"pools", "train", "selection ppl / search", "report ppl", "eval"}),  # fingerprint: train+val
+    ("data.n_report=5", {"report ppl"}),
+    ("data.n_test=10", {"report ppl", "eval"}),  # keyed by the items scored (the report slice is drawn after them)
+    ("eval.limit=5", {"eval"}),
+    ("budget.lr=0.01", {"train"}),
+])
+def test_an_option_changes_exactly_the_keys_of_the_results_it_changes(micro_base, tmp_path, override, changed):
+    base = micro_base[0]
+    before = _keys(tmp_path / "a", base, [])
+    after = _keys(tmp_path / "b", base, [override])
+    assert {e for e in ENTRIES if before[e] != after[e]} == changed
