@@ -144,6 +144,7 @@ class EvalConfig:
     batch_size: int = 32
     gen_kwargs: Any = None  # generation tasks: a dict passed to lm-eval, e.g. {max_gen_toks: 64}
     helm: HelmConfig = field(default_factory=HelmConfig)
+    allow_contamination: bool = False  # true: train even when a source holds scored test documents (flagged)
 
 
 @dataclass
