@@ -160,12 +160,12 @@ class SelectionConfig:
 
 @dataclass
 class SeedsConfig:
-    """What each seed controls; all default to the top-level `seed`, so `seed=1` changes everything and
-    `seeds.train=1` only the fine-tuning randomness."""
+    """What each seed controls; all default to the top-level `seed`, so `seed=1` changes everything, `seeds.train=1`
+    the fine-tuning randomness (and a tiny base's build) and `seeds.search=1` every arm's selection randomness."""
 
     data: int = SI("${seed}")  # built-in generators, train/val draws from real sources, built-in eval items
     train: int = SI("${seed}")  # fine-tuning (mixture order, Trainer init/shuffle) and the tiny base model's build
-    search: int = SI("${seed}")  # the coefficient search: Optuna's samplers, DARE/DELLA random drops
+    search: int = SI("${seed}")  # selection: Optuna's samplers, DARE/DELLA drops, RegMix's mixtures, the bootstrap
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from harness.arms import Arm, Candidate, Context, Planned, make_arm
 from harness.base import load_options, prepare_base, runtime_spec
 from harness.cache import Entry, RunCache, spec_key
 from harness.config import CONF_DIR, ModelConfig, plain
+from harness.contamination import affected, check, overlap, task_documents, training_texts
 from harness.data import bbh_object_counting, generate_splits
 from harness.evaluation import (
     TASK_VERSION,
@@ -49,6 +50,10 @@ from harness.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
+CONTAMINATION_VERSION = 1  # bump when harness/contamination.py's counts change meaning
+CONTAMINATION_METHOD = ("exact normalised text and 13-gram overlap (lm-eval's Janitor normalisation) of each "
+                        "source's training rows with each scored document; 'contained': exact, or half the "
+                        "document's content words in shared 13-grams (harness/contamination.py)")
 VALIDATION_NOTE = ("val_ppl, val_ppl_by_dist, their CIs and paired tests are on the report slice, which no selection "
                    "sees; selection_val_ppl is on the selection slice the search and the grid chose on (optimistic "
                    "for the models chosen on it)")
@@ -75,6 +80,10 @@ def _compare(cfg: DictConfig, output_dir: Path, sweep: dict[str, str]) -> Path:
     # 1. Distributions: train/val(/test) rows from each one's source — built-in generators, local files or the
     #    hub — with a fingerprint of the rows used, which every cache key that reads them includes.
     splits = load_data(cfg)
+
+    # 1b. Training on what is scored: every source's training rows against every scored task's documents; a
+    #     source holding a task's test documents stops the run here (one line), unless eval.allow_contamination.
+    contamination = check_contamination(cfg, cache, out, splits)
 
     # 2. The base model θ₀ (built, converted or located once) on the configured device and dtype, its tokenizer,
     #    and the training rows tokenized into the cache, where any training job can read them.
@@ -109,6 +118,7 @@ def _compare(cfg: DictConfig, output_dir: Path, sweep: dict[str, str]) -> Path:
         "task_versions": {t: r["version"] for t, r in evaluator.results.items()},
         "headline_metrics": evaluator.headline,
         "higher_is_better": evaluator.higher,
+        "contamination": {**contamination, "affected": affected(contamination["contaminated"], evaluator.results)},
         "seed": cfg.seed,
         "seeds": OmegaConf.to_container(cfg.seeds, resolve=True),
         "data": {n: {"fingerprint": d.fingerprint, "report_fingerprint": d.report_fingerprint, **d.info}
@@ -304,6 +314,48 @@ def references(ctx: Context, done: Mapping[str, Entry]) -> list[Candidate]:
     return rows_
 
 
+def builtin_test_sets(cfg: DictConfig, splits: Mapping[str, Distribution], tasks: Iterable[str]) -> dict[str, list]:
+    """The items each built-in task scores: the seeded generator's held-out test items of its distribution."""
+    out = {}
+    for task in tasks:
+        if task == "bbh_object_counting":
+            out[task] = bbh_object_counting(cfg.seeds.data, cfg.data.n_test)
+            continue
+        n = task.removesuffix("_mc")
+        s = splits.get(n)
+        out[task] = (s if s is not None and s.test else
+                     generate_splits(n, cfg.seeds.data, cfg.data.n_train, cfg.data.n_val, cfg.data.n_test)).test
+    return out
+
+
+def check_contamination(cfg: DictConfig, cache: RunCache, out: Path, splits: Mapping[str, Distribution]
+                        ) -> dict[str, Any]:
+    """Every source's training rows against every scored task's documents (exact text, 13-grams: see
+    harness/contamination.py), through the cache (reading a large suite's documents takes a minute). Raises
+    ContaminationError when a source holds a stock task's test documents, unless eval.allow_contamination.
+
+    Built-in tasks are reported, never refused: their items come from the training generators' own templates
+    (held out by exact text, so near-duplicates by construction)."""
+    tasks = list(cfg.eval.tasks)
+    selection = check_eval(tasks, plain(cfg.eval.num_fewshot), cfg.hub_mirror)
+    items = write_tasks(out / "tasks", builtin_test_sets(cfg, splits, selection.builtin))
+    spec = {"train": {n: d.fingerprint for n, d in splits.items()}, "tasks": tasks, "limit": cfg.eval.limit,
+            "builtin_items": items, "lm_eval": provenance.version("lm_eval"), "version": CONTAMINATION_VERSION,
+            "mirror": mirror_fingerprint(tasks, cfg.hub_mirror) if cfg.hub_mirror else None}
+
+    def build(folder: Path) -> dict[str, Any]:
+        docs = task_documents(tasks, task_dir=out / "tasks", mirror=cfg.hub_mirror, limit=cfg.eval.limit)
+        return {"overlap": overlap(training_texts(splits), docs)}
+
+    result = cache.get_or_create("contamination", spec, build, "training rows vs scored documents").record["overlap"]
+    exempt = sorted({t for per_task in result.values() for t in per_task if t in selection.builtin})
+    pairs = check(result, allow=cfg.eval.allow_contamination, exempt=exempt)
+    if pairs:
+        log.warning("eval.allow_contamination=true: scoring despite %s", ", ".join(f"{s}→{t}" for s, t in pairs))
+    return {"overlap": result, "contaminated": [list(p) for p in pairs], "allowed": cfg.eval.allow_contamination,
+            "exempt_builtin": exempt, "method": CONTAMINATION_METHOD}
+
+
 @dataclass
 class Evaluator:
     """lm-eval on each model through the cache: the tasks written once, every result and per-sample record kept."""
@@ -317,7 +369,7 @@ class Evaluator:
         helm = cfg.eval.helm
         self.selection = check_eval(self.tasks, plain(cfg.eval.num_fewshot), cfg.hub_mirror,
                                     perturbations=list(helm.perturbations) if helm.robustness else None)
-        self.test_sets = {t: self._test_split(t) for t in self.selection.builtin}
+        self.test_sets = builtin_test_sets(cfg, self.splits, self.selection.builtin)
         items = write_tasks(ctx.out / "tasks", self.test_sets)  # keyed by the exact items, not the sizes asked
         self.spec = {"tasks": self.tasks, "limit": cfg.eval.limit, "num_fewshot": plain(cfg.eval.num_fewshot),
                      "gen_kwargs": plain(cfg.eval.gen_kwargs), "lm_eval": provenance.version("lm_eval"),
@@ -329,15 +381,6 @@ class Evaluator:
         self.samples: dict[str, Path] = {}  # model label -> its per-sample records
         self.records: dict[str, dict[str, Any]] = {}  # model label -> its evaluation's cache record
         self.ppl_units: dict[str, dict[str, Any]] = {}  # model label -> the report slice's per-example nll
-
-    def _test_split(self, task: str) -> list:
-        cfg = self.ctx.cfg
-        if task == "bbh_object_counting":
-            return bbh_object_counting(cfg.seeds.data, cfg.data.n_test)
-        n = task.removesuffix("_mc")  # built-in tasks score the seeded generator's held-out items
-        s = self.splits.get(n)
-        return (s if s is not None and s.test else
-                generate_splits(n, cfg.seeds.data, cfg.data.n_train, cfg.data.n_val, cfg.data.n_test)).test
 
     def scores(self, candidate: Candidate) -> dict[str, float]:
         cfg, ctx = self.ctx.cfg, self.ctx

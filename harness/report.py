@@ -168,7 +168,9 @@ def _score_table(summary: dict[str, Any]) -> str:
     tasks = list(summary.get("headline_metrics", {}))
     if not stats_ or not tasks:
         return ""
-    header = "| model | " + " | ".join(f"{t} ({summary['headline_metrics'][t]})" for t in tasks) + " |\n"
+    flagged = (summary.get("contamination") or {}).get("affected") or {}
+    header = "| model | " + " | ".join(f"{t} ({summary['headline_metrics'][t]})" + (" ⚠ contaminated" if t in flagged
+                                                                                       else "") for t in tasks) + " |\n"
     header += "|---|" + "---|" * len(tasks) + "\n"
     body = "".join("| " + name + " | " + " | ".join(_ci(stats_.get(name, {}).get(t)) for t in tasks) + " |\n"
                    for name in summary["methods"] if name in stats_)
@@ -208,7 +210,7 @@ def markdown(summary: dict[str, Any], table: pd.DataFrame) -> str:
         f"- Seed {summary['seed']}, git {summary['provenance']['git_commit']}, "
         f"harness wall time {summary['wall_s']:.0f} s\n"
         + (f"- Statistics: {method_note}\n" if method_note else "") + "\n"
-        + _other_code_text(summary) + _score_table(summary) + _paired_table(summary)
+        + _other_code_text(summary) + _score_table(summary) + _paired_table(summary) + _contamination_text(summary)
         + "## All models\n\n"
         + _slices_text(summary) +
         "task columns show each task's headline metric (every metric is in summary.json); `mean_score` is the mean "
@@ -218,6 +220,29 @@ def markdown(summary: dict[str, Any], table: pd.DataFrame) -> str:
         "pre-training is not counted).\n\n"
         + _fmt_table(table)
     )
+
+
+def _contamination_text(summary: dict[str, Any]) -> str:
+    """Each (training source, scored task) pair sharing text, and which scores are flagged."""
+    c = summary.get("contamination")
+    if not c:
+        return ""
+    rows_ = [(source, task, n) for source, per_task in c["overlap"].items() for task, n in per_task.items()
+             if n["dirty"]]
+    text = "## Training rows vs scored documents\n\n" + c.get("method", "") + ".\n\n"
+    if c.get("affected"):
+        text += ("**Flagged scores** (eval.allow_contamination=true; a training source holds their test documents): "
+                 + "; ".join(f"{t} ← {', '.join(s)}" for t, s in c["affected"].items()) + "\n\n")
+    if not rows_:
+        return text + "No scored document shares a 13-gram or its whole text with any training source.\n\n"
+    contaminated = {tuple(p) for p in c.get("contaminated", [])}
+    lines = ["| source | task | docs | exact | 13-gram | contained | |", "|---|---|---|---|---|---|---|"]
+    for source, task, n in rows_:
+        note = ("contaminated" if (source, task) in contaminated else
+                "built-in (generated from the training templates): reported, not refused"
+                if task in c.get("exempt_builtin", []) else "")
+        lines.append(f"| {source} | {task} | {n['docs']} | {n['exact']} | {n['ngram']} | {n['contained']} | {note} |")
+    return text + "\n".join(lines) + "\n\n"
 
 
 def _other_code_text(summary: dict[str, Any]) -> str:

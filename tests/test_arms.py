@@ -101,7 +101,7 @@ def test_plan_only_prints_every_run_and_writes_nothing(tmp_path):
 @pytest.mark.slow
 def test_the_embedded_pipeline_reproduces_its_pre_plugin_numbers(tmp_path):
     """The micro comparison's numbers, pinned from the pipeline before arms became plug-ins. Floats are bitwise
-    equal only on the machine kind they were recorded on (DESIGN.md), so elsewhere this skips, saying so."""
+    equal only on the machine kind they were recorded on (float kernels differ), so elsewhere this skips, saying so."""
     pin = json.loads(PIN.read_text())
     here = (device_name(torch.device("cpu")), torch.backends.cpu.get_cpu_capability(), torch.__version__)
     if here != (pin["cpu"], pin["cpu_capability"], pin["torch"]):

@@ -7,6 +7,7 @@ some of them verbatim, reworded, or inside longer rows, and lm-eval's stock task
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import datasets
@@ -199,7 +200,7 @@ def test_training_on_mathqa_test_rows_refuses_lm_evals_mathqa(mirror_root: Path,
     path = tmp_path / "mathqa.json"
     path.write_text(json.dumps([*MATHQA, {**MATHQA[0], "Problem": "a spare record for validation ."}]))
     dist = load_distribution("mathqa", SourceConfig(format="mathqa", path=str(path), n_train=3, n_val=1), seed=0,
-                             n_train=3, n_val=1, n_test=0)
+                             n_train=3, n_val=1, n_test=0, n_report=0)
     trained = sum(any(r["Problem"] in ex.text for ex in dist.train) for r in MATHQA)  # the seeded draw: 2 or 3
     assert trained >= 2
     docs = cm.task_documents(["mathqa", "boolq"], mirror=mirror_root)
@@ -229,3 +230,26 @@ def test_groups_are_expanded_to_leaf_tasks_and_flag_the_group(mirror_root: Path)
 def test_allow_contamination_is_off_unless_set(preset: str) -> None:
     assert compose_cfg([f"eval={preset}"]).eval.allow_contamination is False
     assert compose_cfg([f"eval={preset}", "eval.allow_contamination=true"]).eval.allow_contamination is True
+
+
+def test_the_comparison_refuses_before_any_training_and_says_how_to_override(mirror_root: Path, tmp_path: Path):
+    """The CLI: MathQA test records as the `mathqa` training source and lm-eval's `mathqa` (the same split) scored
+    → exit 2, one line, nothing built (no base model, no training run)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import MICRO
+
+    path = tmp_path / "mathqa.json"  # the test records and two spares for the held-out slices
+    path.write_text(json.dumps([*MATHQA, *({**MATHQA[0], "Problem": f"spare record {i} ."} for i in range(2))]))
+    source = f"data.sources.mathqa={{format: mathqa, path: '{path}', n_val: 1}}"
+    proc = subprocess.run([sys.executable, "-m", "harness", *MICRO, source, "eval.tasks=[mathqa, sni_mc]",
+                           f"hub_mirror={mirror_root}", f"output_dir={tmp_path / 'out'}",
+                           f"cache_dir={tmp_path / 'cache'}"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("dem-bench: error")]
+    assert len(errors) == 1 and re.search(r"mathqa holds [1-3] of mathqa's 3 test documents", errors[0]), errors
+    assert "eval.allow_contamination=true" in errors[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "cache" / "base").exists() and not (tmp_path / "cache" / "train").exists()

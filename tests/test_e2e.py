@@ -183,3 +183,20 @@ def test_a_new_strategy_named_in_config_is_reported_beside_the_baselines(first_r
     assert summary["methods"]["dem_ties"]["selected"]["params"]["density"] == [0.5, 0.5, 0.5]
     report = (root / "out3" / "report.md").read_text()
     assert "| dem_half_sum |" in report and "| dem_ties |" in report and "| data_mixing |" in report
+
+
+def test_overlap_is_reported_and_contaminated_scores_are_flagged(first_run):
+    from harness.report import render
+
+    summary = json.loads((first_run[0] / "out1" / "summary.json").read_text())
+    c = summary["contamination"]
+    # built-in tasks come from the training generators' templates: their overlap is reported, never refused
+    assert c["contaminated"] == [] and c["affected"] == {} and "cot_mc" in c["exempt_builtin"]
+    assert set(c["overlap"]) == set(DISTS) and c["overlap"]["cot"]["cot_mc"]["docs"] == 20
+    report = (first_run[0] / "out1" / "report.md").read_text()
+    assert "## Training rows vs scored documents" in report
+    # with eval.allow_contamination=true, a contaminated pair flags the task's scores in the report
+    c |= {"contaminated": [["cot", "cot_mc"]], "affected": {"cot_mc": ["cot"]}, "allowed": True}
+    md = render(summary)["report.md"].decode()
+    assert "cot_mc (acc) ⚠ contaminated" in md and "**Flagged scores**" in md and "cot_mc ← cot" in md
+    assert "| cot | cot_mc |" in md and "| contaminated |" in md
