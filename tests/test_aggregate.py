@@ -119,6 +119,26 @@ def test_dem_vs_mixing_win_tie_loss(sweep):
     assert all(pd.isna(rows[m]["mean_score_wins"]) for m in ("base", "only_a", "data_mixing"))
 
 
+def test_a_lower_is_better_metric_is_left_out_of_the_mean_and_wins_when_lower(tmp_path):
+    """lm-eval says `higher_is_better` per metric (a perplexity task is lower-is-better): the mean score leaves such a
+    task out, and a DEM 'win' on it is a lower value."""
+    root = tmp_path / "multirun" / "x"
+    for seed in (0, 1, 2):
+        summary = fake_summary(seed, root / str(seed))
+        summary["higher_is_better"] = {"arith_2": False, "qa": True}
+        write_run(root / str(seed), summary)
+    rows = by_model(aggregate(load_runs(find_runs([root]))))
+    # arith_2, dem_ties vs mixing: 0.5 = 0.5, 0.5 = 0.5, 0.75 > 0.625 — higher, so a loss when lower is better
+    assert tuple(rows["dem_ties"][[f"arith_2/acc_{k}" for k in ("wins", "ties", "losses")]]) == (0, 2, 1)
+    # mean_score is qa alone now: dem 0.5, 0.375, 0.5 against mixing's 0.5, 0.375, 0.5
+    assert tuple(rows["dem"][[f"mean_score_{k}" for k in ("wins", "ties", "losses")]]) == (0, 3, 0)
+    assert rows["dem"]["mean_score"] == pytest.approx((0.5 + 0.375 + 0.5) / 3)
+    from harness.report import rows as report_rows
+
+    one = {r["model"]: r for r in report_rows(summary)}
+    assert one["dem"]["mean_score"] == summary["methods"]["dem"]["scores"]["qa/exact_match"]
+
+
 def test_one_seed_has_no_interval(tmp_path):
     run = write_run(tmp_path / "run", fake_summary(0, tmp_path / "run"))
     table = aggregate(load_runs(find_runs([run])))

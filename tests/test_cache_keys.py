@@ -48,3 +48,21 @@ def test_an_option_changes_exactly_the_keys_of_the_results_it_changes(micro_base
     before = _keys(tmp_path / "a", base, [])
     after = _keys(tmp_path / "b", base, [override])
     assert {e for e in ENTRIES if before[e] != after[e]} == changed
+
+
+def test_regmix_selection_randomness_follows_seeds_search_not_seeds_train(micro_base, tmp_path):
+    """Every arm's selection randomness follows seeds.search: a `-m seeds.search=…` sweep varies RegMix's proxy
+    mixtures as it varies DEM's search, and seeds.train leaves them alone."""
+    from baselines.arm import RegMix
+
+    def proxies(i: int, overrides: list[str]) -> list[dict[str, float]]:
+        out = tmp_path / str(i)
+        cfg = validate(compose_cfg([*MICRO, "model=hf", f"model.name_or_path={micro_base[0]}", "model.device=cpu",
+                                    "mixing=regmix", "mixing.proxy_tokens=1024", f"output_dir={out}",
+                                    f"cache_dir={out / 'cache'}", *overrides]))
+        ctx = make_context(cfg, RunCache(cfg.cache_dir), out, load_data(cfg), build=False)
+        return [s.weights for s in RegMix("data_mixing", cfg).proxies(ctx)]
+
+    base = proxies(0, [])
+    assert proxies(1, ["seeds.train=1"]) == base
+    assert proxies(2, ["seeds.search=1"]) != base
