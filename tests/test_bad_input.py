@@ -100,6 +100,16 @@ def _case_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def tree(root: Path) -> str:
+    """A hash of everything under `root`: every path (folders too, so an empty folder or a lock file counts) and
+    every file's bytes."""
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        h.update(str(p.relative_to(root)).encode() + b"\0")
+        h.update(p.read_bytes() if p.is_file() else b"<dir>")
+    return h.hexdigest()
+
+
 def _one_line(capsys: pytest.CaptureFixture, code: int) -> str:
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
@@ -119,12 +129,12 @@ def test_dem_bench_rejects_bad_input_before_creating_anything(tmp_path, monkeypa
                         if not any(a.startswith(("output_dir", "cache_dir")) for a in args)
                         else ["dem-bench", *MICRO, *args])
     monkeypatch.setattr(cli, "app", lambda: pytest.fail("bad input reached the Hydra app"))
-    before = sorted(p.name for p in root.iterdir())
+    before = tree(root)
     with pytest.raises(SystemExit) as exit_info:
         cli.main()
     line = _one_line(capsys, exit_info.value.code)
     assert expected.replace("{tmp}", str(root)) in line, line
-    assert sorted(p.name for p in root.iterdir()) == before  # no output, cache or runs/ folder was created
+    assert tree(root) == before  # nothing created or altered: no output, cache, runs/ or lock, no file touched
 
 
 @pytest.mark.parametrize("args,expected", [
