@@ -2,8 +2,8 @@
 
 Bad input ends with exit code 2 and one line naming the key and what is allowed — checked before Hydra creates any
 folder and before any training: a plain run's config, or every job of a `-m` sweep, is composed, validated and
-preflighted (device, model source, data, mirror, writable folders, storage) first. Hydra's own flags (--help,
---cfg job, -m …) work as usual.
+preflighted (device, model source, every data file in full, mirror, writable folders, storage) first. Hydra's
+own flags (--help, --cfg job, -m …) work as usual.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from harness.config import CONF_DIR, GROUPS, ConfigError, check_presets, did_you_mean, known_keys, validate
 from harness.errors import HarnessError
@@ -73,9 +73,15 @@ def _suggest_key(message: str, overrides: list[str]) -> str:
 
 def precheck(overrides: list[str]) -> DictConfig:
     """Compose, validate and preflight one job's config, so bad input fails in a second, not after training."""
+    from harness.filecheck import look_in
     from harness.preflight import preflight
 
-    cfg = validate(compose_config(overrides))
+    composed = compose_config(overrides)
+    try:
+        look_in(OmegaConf.select(composed, "cache_dir", throw_on_resolution_failure=False) or ".")  # earlier passes
+    except Exception:  # a cache_dir that does not resolve: validate says so
+        pass
+    cfg = validate(composed)
     preflight(cfg)
     return cfg
 
@@ -167,6 +173,10 @@ def main() -> None:
                 return
     except HarnessError as err:
         _fail(str(err))
+    if not any(a.split("=")[0] in INFO_FLAGS for a in args):
+        from harness.filecheck import save_passed
+
+        save_passed()  # every check passed and the run goes ahead: a rerun only hashes the data files
     app()
 
 

@@ -1,13 +1,14 @@
 """Checks of the environment a valid config will meet — writable folders, the search's storage, the device, the
-model source — run before Hydra creates any folder and before any training, so a run that cannot succeed stops
-in seconds with one line (the config's own values are checked by harness.config.validate)."""
+model source, every row of every data file a run will read — run before Hydra creates any folder and before any
+training, so a run that cannot succeed stops in seconds with one line (the config's own values are checked by
+harness.config.validate)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from harness.config import ConfigError
 
@@ -54,7 +55,8 @@ def storage_reachable(url: str) -> None:
 
 
 def preflight(cfg: DictConfig) -> None:
-    """Raise ConfigError (one line) for folders, storage, device, dtype or model source this machine cannot use."""
+    """Raise ConfigError (one line) for folders, storage, device, dtype, model source or data files this machine
+    cannot use."""
     writable_folder("output_dir", cfg.output_dir)
     writable_folder("cache_dir", cfg.cache_dir)
     if "://" in cfg.dem.storage:
@@ -71,3 +73,50 @@ def preflight(cfg: DictConfig) -> None:
             smollm2_gguf()
     except ModelSourceError as err:
         raise ConfigError(str(err)) from None
+    check_data_files(cfg)
+
+
+# ------------------------------------------------------------------------------------------------ data files
+
+
+def check_data_files(cfg: DictConfig) -> None:
+    """Every row of every training file (local, or a hub id's files in the mirror) and every line of every mirrored
+    file an evaluation task reads, before anything is created; passes are remembered by content hash."""
+    from harness import mirror as hub
+    from harness.filecheck import DataFileError, check_source_file, check_structure, layout_of
+    from harness.sources import SourceConfig, SourceError, get_format, is_local, local_files
+
+    root = Path(cfg.hub_mirror).resolve() if cfg.hub_mirror else None
+    for name in cfg.data.distributions:
+        node = cfg.data.sources[name] if name in cfg.data.sources else None
+        source = OmegaConf.to_object(node) if node is not None else SourceConfig()
+        fmt = get_format(source.format)
+        if fmt.format_row is None or not source.path:
+            continue
+        try:
+            if is_local(source.path):
+                files = local_files(source.path)
+            elif root is not None and not source.data_files:
+                splits = [source.split, *([source.val_split] if source.val_split else [])]
+                files = [f for config in source.configs or [source.name] for s in splits
+                         if (f := hub.split_file(root, source.path, config, s)) is not None]
+            else:
+                continue  # a hub id is not contacted before the run
+            for file in files:
+                check_source_file(file, fmt, source, cfg.cache_dir)
+        except (DataFileError, SourceError) as err:
+            raise ConfigError(f"data.sources.{name}: {err}") from None
+    if root is None:
+        return
+    from harness.evaluation import resolve_tasks, task_datasets
+
+    for d in task_datasets(resolve_tasks(list(cfg.eval.tasks)).stock):
+        files = hub.mirrored_splits(root, d.path, d.name)
+        for split in d.splits or tuple(files):
+            if (file := files.get(split)) is None:
+                continue
+            try:
+                check_structure(file, layout_of(file), cfg.cache_dir)
+            except DataFileError as err:
+                more = f" and {len(d.tasks) - 1} more" if len(d.tasks) > 1 else ""
+                raise ConfigError(f"hub_mirror: {err} (read by task {d.tasks[0]}{more})") from None
