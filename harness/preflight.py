@@ -1,11 +1,13 @@
-"""Checks of the environment a valid config will meet — writable folders, the search's storage, the device, the
-model source, every row of every data file a run will read — run before Hydra creates any folder and before any
+"""Checks of the environment a valid config will meet — writable folders, the search's storage and its folder, the
+scheduler's commands, the device and its index, the model (a causal LM whose tokenizer loads), and every row of
+every data file a run will read — run before Hydra creates any folder and before any
 training, so a run that cannot succeed stops in seconds with one line (the config's own values are checked by
 harness.config.validate)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -39,7 +41,7 @@ def storage_reachable(url: str) -> None:
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite":
             if parsed.database and parsed.database != ":memory:":
-                writable_folder("dem.storage", Path(parsed.database).parent)
+                sqlite_file(url, Path(parsed.database))
             return
         engine = create_engine(url)
         with engine.connect():
@@ -54,26 +56,57 @@ def storage_reachable(url: str) -> None:
         raise ConfigError(f"dem.storage={url}: cannot connect ({' '.join(str(err).split())[:120]})") from None
 
 
+def sqlite_file(url: str, database: Path) -> None:
+    """SQLite creates the database file but not its folder: the folder must exist, be writable, and the path
+    must not be a folder itself."""
+    path = database.expanduser()
+    if path.is_dir():
+        raise ConfigError(f"dem.storage={url}: {path} is a folder, not a database file")
+    if not path.parent.is_dir():
+        raise ConfigError(f"dem.storage={url}: folder {path.parent} does not exist (SQLite creates the database "
+                          "file, not its folder); create it or use dem.storage=journal")
+    writable_folder("dem.storage", path.parent)
+
+
 def preflight(cfg: DictConfig) -> None:
-    """Raise ConfigError (one line) for folders, storage, device, dtype, model source or data files this machine
-    cannot use."""
+    """Raise ConfigError (one line) for folders, storage, scheduler, device, dtype, model or data files this machine
+    cannot use — everything a valid config can still fail on, before anything exists."""
     writable_folder("output_dir", cfg.output_dir)
     writable_folder("cache_dir", cfg.cache_dir)
     if "://" in cfg.dem.storage:
         storage_reachable(cfg.dem.storage)
+    scheduler_present(cfg.executor.name)
 
     from harness.base import load_options  # heavy imports (torch, transformers) only after the schema passed
-    from harness.models import ModelSourceError, locate_hf, resolve_runtime, smollm2_gguf
+    from harness.models import ModelSourceError, check_causal_lm, locate_hf, resolve_runtime, smollm2_gguf
 
     try:
         resolve_runtime(cfg.model.device, cfg.model.dtype)
         if cfg.model.source == "hf":
-            locate_hf(cfg.model.name_or_path, cfg.model.revision, load_options(cfg.model))
+            options = load_options(cfg.model)
+            folder = locate_hf(cfg.model.name_or_path, cfg.model.revision, options)
+            check_causal_lm(folder, cfg.model.name_or_path, options)
         elif cfg.model.source == "smollm2":
             smollm2_gguf()
     except ModelSourceError as err:
         raise ConfigError(str(err)) from None
     check_data_files(cfg)
+
+
+# ------------------------------------------------------------------------------------------------ scheduler
+
+SLURM_COMMANDS = ("sbatch", "srun", "sacct", "scancel")  # submitit submits, probes, polls and cancels with these
+
+
+def scheduler_present(executor: str, what: str = "executor=slurm") -> None:
+    """executor=slurm needs SLURM's commands on PATH (submitit fails on a missing `srun` only once the output
+    folder exists)."""
+    if executor != "slurm":
+        return
+    missing = [c for c in SLURM_COMMANDS if shutil.which(c) is None]
+    if missing:
+        raise ConfigError(f"{what}: SLURM's {', '.join(missing)} not found on PATH (not a SLURM machine?); run it on "
+                          "a SLURM login node, or use executor=submitit_local (jobs on this machine) or executor=local")
 
 
 # ------------------------------------------------------------------------------------------------ data files

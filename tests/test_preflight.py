@@ -1,5 +1,6 @@
 """Every input checked before anything is created: data files read in full (every row, exact columns, mirrored
-evaluation files too).
+evaluation files too), model folders that cannot be a causal LM, devices, schedulers and storage folders that are
+not there, and a build that fails leaves nothing in the cache.
 
 Each CLI case calls `main()` in-process (every check runs before Hydra starts) and asserts exit code 2, one line,
 and nothing created or altered anywhere under the working folder (its whole tree hashed before and after)."""
@@ -7,10 +8,14 @@ and nothing created or altered anywhere under the working folder (its whole tree
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save_file
+from transformers import LlamaConfig, T5Config
 
 import harness.__main__ as cli
 from harness import filecheck
@@ -18,6 +23,14 @@ from tests.conftest import MICRO
 from tests.fixtures_hub import write_mirror
 from tests.test_bad_input import _one_line, tree
 from tests.test_sources import cot_rows, mathqa_rows, write_json, write_jsonl, write_tsv
+
+
+def _tiny_checkpoint(folder: Path, config: object) -> Path:
+    """A config.json and a safetensors file: all the checks before a run read (no weights are loaded)."""
+    folder.mkdir()
+    config.save_pretrained(folder)
+    save_file({"x": torch.zeros(1)}, str(folder / "model.safetensors"))
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +57,14 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     lines = bbh.read_text().splitlines(keepends=True)
     lines[2] = lines[2].replace('"target"', '"target', 1)
     bbh.write_text("".join(lines))
+    _tiny_checkpoint(root / "t5", T5Config(d_model=8, d_ff=16, num_layers=1, num_heads=2, d_kv=4, vocab_size=32))
+    _tiny_checkpoint(root / "no_tokenizer", LlamaConfig(vocab_size=32, hidden_size=8, intermediate_size=16,
+                                                        num_hidden_layers=1, num_attention_heads=2))
     return root
 
+
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+NO_SLURM = pytest.mark.skipif(shutil.which("srun") is not None, reason="checks the message off a SLURM cluster")
 
 # (overrides, expected text in the one line). {w} is the module's folder of bad files.
 CASES = [
@@ -64,6 +83,19 @@ CASES = [
      "hub_mirror: {w}/mirror/SaylorTwift/bbh/boolean_expressions/test.jsonl: line 3: not valid JSON"),
     (["-m", "seed=0,1", "data.sources.cot={format: flan_cot, path: '{w}/four.tsv'}"],
      "sweep job 1 of 2 (seed=0): data.sources.cot: {w}/four.tsv: line 1: 4 tab-separated field(s)"),
+    # models, devices, clusters, storage
+    (["model=hf", "model.name_or_path={w}/t5"], "model.name_or_path={w}/t5: a T5Config (model_type 't5') is not a "
+                                                "causal LM"),
+    (["model=hf", "model.name_or_path={w}/no_tokenizer"], "model.name_or_path={w}/no_tokenizer: its tokenizer does "
+                                                          "not load"),
+    pytest.param(["model.device=cuda:0"], "model.device=cuda:0: no CUDA device is visible", marks=NO_GPU),
+    (["model.device=cuda:x"], "model.device=cuda:x: not a device name; use auto, cpu, cuda or cuda:N"),
+    pytest.param(["executor=slurm", "executor.partition=gpu"], "executor=slurm: SLURM's sbatch, srun, sacct, "
+                                                                "scancel not found on PATH", marks=NO_SLURM),
+    (["dem.storage=sqlite:////nonexistent/dir/study.db"],
+     "dem.storage=sqlite:////nonexistent/dir/study.db: folder /nonexistent/dir does not exist"),
+    (["dem.storage=sqlite:///{w}/no/dir/study.db"], "folder {w}/no/dir does not exist"),
+    (["dem.storage=sqlite:///{w}/mirror"], "{w}/mirror is a folder, not a database file"),
 ]
 
 
@@ -168,3 +200,45 @@ def test_sni_task_files_are_checked_instance_by_instance(tmp_path):
     with pytest.raises(filecheck.DataFileError) as err:
         filecheck.check_source_file(path, get_format("sni"), SourceConfig(format="sni", path=str(path)))
     assert str(err.value) == f"{path}: Instances[25]: missing field 'output'"
+
+
+# ------------------------------------------------------------------------------------------------ models, cache
+
+
+def test_a_cuda_index_past_the_devices_is_refused(monkeypatch):
+    """The index is checked against the devices there are (simulated: one visible GPU)."""
+    from harness.models import ModelSourceError, resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(ModelSourceError, match=r"model.device=cuda:1: this machine has 1 CUDA device\(s\) \(cuda:0 "
+                                               r"to cuda:0\)"):
+        resolve_device("cuda:1")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_a_cuda_index_past_the_devices_is_refused_on_a_gpu_machine():
+    from harness.models import ModelSourceError, resolve_device
+
+    count = torch.cuda.device_count()
+    assert resolve_device(f"cuda:{count - 1}").index == count - 1
+    with pytest.raises(ModelSourceError, match=f"this machine has {count} CUDA device"):
+        resolve_device(f"cuda:{count}")
+
+
+def test_a_failed_build_leaves_nothing_in_the_cache(tmp_path):
+    from harness.cache import RunCache
+
+    def build(folder: Path) -> dict:
+        (folder / "model.safetensors").write_bytes(b"half a checkpoint")
+        raise AssertionError("Torch not compiled with CUDA enabled")
+
+    cache = RunCache(tmp_path / "cache")
+    with pytest.raises(AssertionError):
+        cache.get_or_create("base", {"device": "cuda:0"}, build)
+    assert list(tmp_path.iterdir()) == []  # no temporary folder, no lock, no cache folder
+    (tmp_path / "cache" / "base").mkdir(parents=True)  # a cache in use: its folders and locks stay
+    with pytest.raises(AssertionError):
+        cache.get_or_create("base", {"device": "cuda:0"}, build)
+    assert not list((tmp_path / "cache" / "base").glob(".*.tmp-*"))
