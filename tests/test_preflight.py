@@ -1,6 +1,6 @@
 """Every input checked before anything is created: data files read in full (every row, exact columns, mirrored
 evaluation files too), model folders that cannot be a causal LM, devices, schedulers and storage folders that are
-not there, and a build that fails leaves nothing in the cache.
+not there, generation parameters, and a build that fails leaves nothing in the cache.
 
 Each CLI case calls `main()` in-process (every check runs before Hydra starts) and asserts exit code 2, one line,
 and nothing created or altered anywhere under the working folder (its whole tree hashed before and after)."""
@@ -96,6 +96,12 @@ CASES = [
      "dem.storage=sqlite:////nonexistent/dir/study.db: folder /nonexistent/dir does not exist"),
     (["dem.storage=sqlite:///{w}/no/dir/study.db"], "folder {w}/no/dir does not exist"),
     (["dem.storage=sqlite:///{w}/mirror"], "{w}/mirror is a folder, not a database file"),
+    # generation parameters
+    (["eval.gen_kwargs={temprature: 0.5}"], "eval.gen_kwargs: unknown generation parameter 'temprature'. Did you "
+                                            "mean 'temperature'?"),
+    (["eval.gen_kwargs={max_gen_toks: -1}"], "eval.gen_kwargs.max_gen_toks=-1: must be an integer >= 1"),
+    (["eval.gen_kwargs={until: 3}"], "eval.gen_kwargs.until=3: must be a string or a list of strings"),
+    (["eval.gen_kwargs={top_p: 1.5, do_sample: true}"], "eval.gen_kwargs.top_p=1.5: must be a number in (0, 1]"),
 ]
 
 
