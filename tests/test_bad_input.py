@@ -240,6 +240,17 @@ def _summary() -> dict:
         k: v for k, v in s["methods"]["dem"].items() if k != "val_ppl"}}}), "missing 'methods.dem.val_ppl'"),
     ("no_mixing", lambda s: json.dumps({**s, "methods": {"dem": s["methods"]["dem"]}}),
      "missing 'methods.data_mixing'"),
+    ("null_val_ppl", lambda s: json.dumps({**s, "methods": {**s["methods"], "dem": {
+        **s["methods"]["dem"], "val_ppl": None}}}), "'methods.dem.val_ppl': Input should be a valid number (got null)"),
+    ("negative_flops", lambda s: json.dumps({**s, "methods": {**s["methods"], "data_mixing": {
+        **s["methods"]["data_mixing"], "train_flops": -1.0}}}), "'methods.data_mixing.train_flops': Input should be "
+     "greater than or equal to 0"),
+    ("ppl_by_dist_text", lambda s: json.dumps({**s, "methods": {**s["methods"], "base": {
+        **s["methods"]["base"], "val_ppl_by_dist": {"a": "2.0"}}}}), "'methods.base.val_ppl_by_dist.a'"),
+    ("no_forward_tokens", lambda s: json.dumps({**s, "methods": {**s["methods"], "dem": {
+        k: v for k, v in s["methods"]["dem"].items() if k != "search_forward_tokens"}}}),
+     "missing 'methods.dem.search_forward_tokens' (or 'selection_forward_tokens')"),
+    ("null_cost_ratio", lambda s: json.dumps({**s, "cost_ratio": None}), "'cost_ratio'"),
     ("not_json", lambda s: '{"methods": {', "JSONDecodeError"),
     ("not_an_object", lambda s: "[1, 2]", "missing 'methods'"),
     ("no_summary", None, "no summary.json in it"),
@@ -256,3 +267,14 @@ def test_report_cli_changes_nothing_when_the_summary_is_bad(tmp_path, capsys, na
         main([str(tmp_path)])
     assert expected in _one_line(capsys, exit_info.value.code)
     assert _digest(tmp_path) == before
+
+
+def test_the_summary_contract_accepts_the_renamed_forward_tokens_field():
+    """`selection_forward_tokens` (the new name of search_forward_tokens) satisfies the contract too."""
+    from harness.report import check_summary
+
+    summary = _summary()
+    for name, m in summary["methods"].items():
+        summary["methods"][name] = {**{k: v for k, v in m.items() if k != "search_forward_tokens"},
+                                    "selection_forward_tokens": 0}
+    check_summary(summary)
