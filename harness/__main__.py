@@ -2,8 +2,9 @@
 
 Bad input ends with exit code 2 and one line naming the key and what is allowed — checked before Hydra creates any
 folder and before any training: a plain run's config, or every job of a `-m` sweep, is composed, validated and
-preflighted (device, model source, every data file in full, mirror, writable folders, storage) first. Hydra's
-own flags (--help, --cfg job, -m …) work as usual.
+preflighted (device, model, every data file in full, mirror, writable folders, storage, scheduler) first. Hydra's
+own flags (--help, --cfg job, -m …) work as usual; `-m … plan_only=true` prints every job's plan and the sweep's
+total and creates nothing.
 """
 
 from __future__ import annotations
@@ -100,6 +101,49 @@ def print_plan(cfg: DictConfig) -> None:
         print(plan_text(ctx, [make_arm(name, cfg) for name in cfg.arms], done={}))
 
 
+def sweep_plan_only(configs: list[DictConfig]) -> bool:
+    """Whether a sweep only prints plans: plan_only is one setting for the whole sweep, not a swept value."""
+    flags = {bool(c.plan_only) for c in configs}
+    if len(flags) > 1:
+        raise ConfigError("plan_only: set it for the whole sweep (plan_only=true), not per job")
+    return flags == {True}
+
+
+def print_sweep_plan(configs: list[DictConfig], swept: list[str]) -> None:
+    """`-m … plan_only=true`: each job's plan, then the sweep's total — runs several jobs share (the same training
+    run in the same cache) are counted once. Nothing is created: no sweep folder, nothing in the cache."""
+    from harness.arms import make_arm
+    from harness.cache import RunCache
+    from harness.mirror import hub_mirror
+    from harness.pipeline import all_planned, load_data, make_context, plan_text
+    from harness.plan import _duration, measured_flops_per_second
+
+    todo: dict[tuple[str, str], tuple[int, float]] = {}  # (cache, run key) -> (tokens, FLOPs) of runs to train
+    rate, how, device = 0.0, "", ""
+    for k, (cfg, values) in enumerate(zip(configs, swept, strict=True), 1):
+        with hub_mirror(cfg.hub_mirror):
+            cache = RunCache(cfg.cache_dir)
+            ctx = make_context(cfg, cache, Path(cfg.output_dir), load_data(cfg), build=False)
+            arms = [make_arm(name, cfg) for name in cfg.arms]
+            print(f"sweep job {k} of {len(configs)} ({values or 'no swept values'}):")
+            print(plan_text(ctx, arms, done={}))
+            for i, p in enumerate(all_planned(ctx, arms, {})):
+                if p.spec is not None and cache.has("train", p.spec.cache_spec()):
+                    continue
+                tokens = p.spec.train_tokens if p.spec else p.train_tokens  # no spec: a run chosen later (RegMix)
+                flops = p.flops if p.flops is not None else ctx.train_flops(tokens)
+                todo[(str(cache.root), p.spec.key if p.spec else f"job{k}-{i}")] = (tokens, flops)
+            if not rate:
+                dtype = str(ctx.runtime.dtype).removeprefix("torch.")
+                rate, how = measured_flops_per_second(cache.root, ctx.runtime.device.type, dtype)
+                device = ctx.runtime.name
+    tokens = sum(t for t, _ in todo.values())
+    flops = sum(f for _, f in todo.values())
+    print(f"sweep: {len(configs)} job(s), {len(todo)} distinct training run(s) to train (a run several jobs share "
+          f"counted once): {tokens:,} tokens, {flops:.3g} FLOPs, ≈ {_duration(flops / rate)} at {rate:.3g} FLOP/s "
+          f"on {device} ({how}); nothing was created (plan_only=true)")
+
+
 def sweep_jobs(overrides: list[str]) -> list[tuple[list[str], str]]:
     """Every job of a `-m` sweep, as Hydra's basic sweeper expands it (the cartesian product of `k=a,b` lists,
     `range(…)`, `choice(…)`, `glob(…)`): (its plain overrides, its swept values for messages)."""
@@ -155,17 +199,26 @@ def app(cfg: DictConfig) -> None:
 def main() -> None:
     args = sys.argv[1:]
     overrides = [a for a in args if not a.startswith("-") and not a.startswith("hydra")]  # hydra.*: launcher etc.
+    info = any(a.split("=")[0] in INFO_FLAGS for a in args)
     try:
-        if any(a.split("=")[0] in INFO_FLAGS for a in args):
+        if info:
             check_presets(overrides)  # --help, --cfg …: nothing runs
         elif any(a in MULTIRUN for a in args):
+            if "hydra/launcher=submitit_slurm" in args:
+                from harness.preflight import scheduler_present
+
+                scheduler_present("slurm", "hydra/launcher=submitit_slurm")
             jobs = sweep_jobs(overrides)
             os.environ[SWEPT_KEYS] = ",".join(sorted(swept_keys(overrides)))  # read by each job (W&B job type)
+            configs = []
             for k, (job, swept) in enumerate(jobs):  # every job, before the first starts or any folder exists
                 try:
-                    precheck(job)
+                    configs.append(precheck(job))
                 except ConfigError as err:
                     raise ConfigError(f"sweep job {k + 1} of {len(jobs)} ({swept}): {err}") from None
+            if sweep_plan_only(configs):
+                print_sweep_plan(configs, [swept for _, swept in jobs])
+                return
         else:
             cfg = precheck(overrides)
             if cfg.plan_only:
@@ -173,7 +226,7 @@ def main() -> None:
                 return
     except HarnessError as err:
         _fail(str(err))
-    if not any(a.split("=")[0] in INFO_FLAGS for a in args):
+    if not info:
         from harness.filecheck import save_passed
 
         save_passed()  # every check passed and the run goes ahead: a rerun only hashes the data files

@@ -1,6 +1,6 @@
 """Every input checked before anything is created: data files read in full (every row, exact columns, mirrored
 evaluation files too), model folders that cannot be a causal LM, devices, schedulers and storage folders that are
-not there, generation parameters, and a build that fails leaves nothing in the cache.
+not there, generation parameters, and plan_only in sweeps.
 
 Each CLI case calls `main()` in-process (every check runs before Hydra starts) and asserts exit code 2, one line,
 and nothing created or altered anywhere under the working folder (its whole tree hashed before and after)."""
@@ -92,6 +92,8 @@ CASES = [
     (["model.device=cuda:x"], "model.device=cuda:x: not a device name; use auto, cpu, cuda or cuda:N"),
     pytest.param(["executor=slurm", "executor.partition=gpu"], "executor=slurm: SLURM's sbatch, srun, sacct, "
                                                                 "scancel not found on PATH", marks=NO_SLURM),
+    pytest.param(["-m", "seed=0,1", "hydra/launcher=submitit_slurm"], "hydra/launcher=submitit_slurm: SLURM's",
+                 marks=NO_SLURM),
     (["dem.storage=sqlite:////nonexistent/dir/study.db"],
      "dem.storage=sqlite:////nonexistent/dir/study.db: folder /nonexistent/dir does not exist"),
     (["dem.storage=sqlite:///{w}/no/dir/study.db"], "folder {w}/no/dir does not exist"),
@@ -102,6 +104,8 @@ CASES = [
     (["eval.gen_kwargs={max_gen_toks: -1}"], "eval.gen_kwargs.max_gen_toks=-1: must be an integer >= 1"),
     (["eval.gen_kwargs={until: 3}"], "eval.gen_kwargs.until=3: must be a string or a list of strings"),
     (["eval.gen_kwargs={top_p: 1.5, do_sample: true}"], "eval.gen_kwargs.top_p=1.5: must be a number in (0, 1]"),
+    # plan_only is one setting for a sweep
+    (["-m", "plan_only=true,false"], "plan_only: set it for the whole sweep"),
 ]
 
 
@@ -248,3 +252,19 @@ def test_a_failed_build_leaves_nothing_in_the_cache(tmp_path):
     with pytest.raises(AssertionError):
         cache.get_or_create("base", {"device": "cuda:0"}, build)
     assert not list((tmp_path / "cache" / "base").glob(".*.tmp-*"))
+
+
+# ------------------------------------------------------------------------------------------------ sweeps
+
+
+def test_plan_only_under_a_sweep_prints_each_plan_and_the_total_and_creates_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "app", lambda: pytest.fail("plan_only ran the sweep"))
+    _run(monkeypatch, tmp_path, ["-m", "plan_only=true", "mixing.grid_step=1", "dem.n_trials=2,3"])
+    before = tree(tmp_path)
+    cli.main()
+    out = capsys.readouterr().out
+    assert "sweep job 1 of 2 (dem.n_trials=2):" in out and "sweep job 2 of 2 (dem.n_trials=3):" in out
+    assert out.count("plan: 3 training run(s), 0 in the cache, 3 to train") == 2
+    # both jobs train the same three runs (the search differs): the total counts them once
+    assert "sweep: 2 job(s), 3 distinct training run(s) to train" in out and "nothing was created" in out
+    assert tree(tmp_path) == before
