@@ -4,7 +4,7 @@ Bad input ends with exit code 2 and one line naming the key and what is allowed 
 folder and before any training: a plain run's config, or every job of a `-m` sweep, is composed, validated and
 preflighted (device, model, every data file in full, mirror, writable folders, storage, scheduler) first. Hydra's
 own flags (--help, --cfg job, -m …) work as usual; `-m … plan_only=true` prints every job's plan and the sweep's
-total and creates nothing.
+total and creates nothing. A new training source needs no `+`: `data.sources.NEW={format: …, path: …}`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -47,7 +48,7 @@ def compose_config(overrides: list[str]) -> DictConfig:
             return compose("config", overrides=overrides)
     except (HydraException, OmegaConfBaseException) as err:
         message = " ".join(str(err).split())
-        raise ConfigError(_suggest_key(message, overrides) or message) from None
+        raise ConfigError(_suggest_key(message, overrides) or _from_cause(err, overrides) or message) from None
     except Exception as err:
         raise ConfigError(f"cannot compose the config from {' '.join(overrides)}: {type(err).__name__}: "
                           f"{' '.join(str(err).split())[:200]}") from None
@@ -70,6 +71,129 @@ def _suggest_key(message: str, overrides: list[str]) -> str:
     key = bad.group(1) or bad.group(2)
     hint = did_you_mean(key, keys)
     return f"unknown key '{key}'.{hint}" if hint else ""
+
+
+def _from_cause(err: Exception, overrides: list[str]) -> str:
+    """What Hydra's bare "Error merging override …" was about, from OmegaConf's error beneath it: the type a key
+    wants ("eval.limit=1.5: must be an integer or null, not a decimal number") or an unknown key inside a mapping value
+    ("unknown key 'data.sources.mine.pth'. Did you mean 'data.sources.mine.path'?"); "" when neither applies."""
+    from omegaconf.errors import ConfigKeyError, ValidationError
+
+    cause = err.__cause__
+    full_key = getattr(cause, "full_key", None)
+    if not full_key:
+        return ""
+    key = re.sub(r"\[\d+\]$", "", full_key)
+    if isinstance(cause, ConfigKeyError):
+        parent = key.rpartition(".")[0]
+        fields = [f"{parent}.{f}" for f in schema_fields(parent)]
+        hint = did_you_mean(key, fields)
+        return f"unknown key '{key}'.{hint or ' Allowed: ' + ', '.join(fields)}" if fields else ""
+    if not isinstance(cause, ValidationError) or not (wanted := schema_type(key)):
+        return ""
+    given = next((o.partition("=")[2] for o in overrides if o.partition("=")[0].lstrip("+~") == key), None)
+    value = getattr(cause, "value", None)
+    got = {bool: "true/false", int: "an integer", float: "a decimal number", str: "a string", list: "a list",
+           dict: "a mapping"}.get(type(value), type(value).__name__)
+    item = f" (item {full_key[len(key):]} is {got})" if full_key != key else f", not {got}"
+    return f"{key}={given if given is not None else value}: must be {wanted}{item}"
+
+
+def _schema_at(key: str) -> Any:
+    """The schema's annotation at a dotted key (harness/config.py), through dataclasses and typed mappings; None
+    when the key is not a typed field."""
+    import dataclasses
+    import typing
+
+    from harness.config import Config
+
+    hint: Any = Config
+    for part in key.split(".") if key else []:
+        if dataclasses.is_dataclass(hint):
+            hint = typing.get_type_hints(hint).get(part)
+        elif typing.get_origin(hint) is dict:
+            hint = typing.get_args(hint)[1]
+        else:
+            return None
+    return hint
+
+
+def schema_fields(key: str) -> list[str]:
+    """The field names of the dataclass at a dotted key ([] when it is not one)."""
+    import dataclasses
+
+    hint = _schema_at(key)
+    return [f.name for f in dataclasses.fields(hint)] if dataclasses.is_dataclass(hint) else []
+
+
+def schema_type(key: str) -> str:
+    """What the schema wants at a dotted key, in words: "an integer or null", "a list of numbers", … ("" when the
+    key is not a plain typed field)."""
+    import types
+    import typing
+
+    def words(t: Any) -> str:
+        origin, args = typing.get_origin(t), typing.get_args(t)
+        if origin in (typing.Union, types.UnionType):
+            inner = [words(a) for a in args if a is not type(None)]
+            return " or ".join(inner) + (" or null" if type(None) in args else "") if all(inner) else ""
+        if origin is list:
+            item = words(args[0]) if args else ""
+            return f"a list of {item.removeprefix('an ').removeprefix('a ')}s" if item else ""
+        return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(t, "")
+
+    return words(_schema_at(key))
+
+
+SOURCES = "data.sources."
+
+
+def add_source_names(overrides: list[str]) -> list[str]:
+    """`data.sources.NEW={…}` and `data.sources.NEW.path=…` (with or without Hydra's `+`) for a name the chosen data
+    preset lacks, rewritten as `++data.sources={NEW: …}`: OmegaConf cannot add a key to the typed sources mapping,
+    not even with `+`, but force-merges a mapping into it (each entry typed and checked as a SourceConfig). Other
+    overrides are returned as they are."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException:
+        return overrides  # composing reports the syntax error
+
+    def source_key(o: Any) -> bool:
+        return (o.key_or_group.startswith(SOURCES) and not o.is_delete()
+                and (not o.is_sweep_override() or o.is_discrete_sweep()))
+
+    if not any(source_key(o) for o in parsed):
+        return overrides
+    try:
+        known = set(_preset_config(overrides).data.sources)
+    except Exception:
+        return overrides  # composing reports what is wrong with the presets
+    out = []
+    for text, o in zip(overrides, parsed, strict=True):
+        name, *rest = o.key_or_group[len(SOURCES):].split(".")
+        if not source_key(o) or name in known:
+            out.append(text)
+            continue
+        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+        wrapped = []
+        for value in values:
+            for part in reversed(rest):
+                value = f"{{{part}: {value}}}"
+            wrapped.append(f"{{{name}: {value}}}")
+        out.append(f"++data.sources={','.join(wrapped)}")
+    return out
+
+
+def _preset_config(overrides: list[str]) -> DictConfig:
+    """The config of the presets chosen (`group=name` overrides only), for the keys they define."""
+    from hydra import compose, initialize_config_dir
+
+    groups = [o for o in overrides if o.partition("=")[0].lstrip("+~") in GROUPS]
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=groups)
 
 
 def precheck(overrides: list[str]) -> DictConfig:
@@ -201,6 +325,9 @@ def main() -> None:
     overrides = [a for a in args if not a.startswith("-") and not a.startswith("hydra")]  # hydra.*: launcher etc.
     info = any(a.split("=")[0] in INFO_FLAGS for a in args)
     try:
+        renamed = dict(zip(overrides, add_source_names(overrides), strict=True))
+        sys.argv[1:] = args = [renamed.get(a, a) for a in args]  # what the Hydra app composes from
+        overrides = [renamed[o] for o in overrides]
         if info:
             check_presets(overrides)  # --help, --cfg …: nothing runs
         elif any(a in MULTIRUN for a in args):

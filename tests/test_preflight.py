@@ -1,6 +1,6 @@
 """Every input checked before anything is created: data files read in full (every row, exact columns, mirrored
 evaluation files too), model folders that cannot be a causal LM, devices, schedulers and storage folders that are
-not there, generation parameters, and plan_only in sweeps.
+not there, generation parameters, plan_only in sweeps, and messages that say what type or name is wanted.
 
 Each CLI case calls `main()` in-process (every check runs before Hydra starts) and asserts exit code 2, one line,
 and nothing created or altered anywhere under the working folder (its whole tree hashed before and after)."""
@@ -19,7 +19,7 @@ from transformers import LlamaConfig, T5Config
 
 import harness.__main__ as cli
 from harness import filecheck
-from tests.conftest import MICRO
+from tests.conftest import MICRO, compose_cfg
 from tests.fixtures_hub import write_mirror
 from tests.test_bad_input import _one_line, tree
 from tests.test_sources import cot_rows, mathqa_rows, write_json, write_jsonl, write_tsv
@@ -106,6 +106,14 @@ CASES = [
     (["eval.gen_kwargs={top_p: 1.5, do_sample: true}"], "eval.gen_kwargs.top_p=1.5: must be a number in (0, 1]"),
     # plan_only is one setting for a sweep
     (["-m", "plan_only=true,false"], "plan_only: set it for the whole sweep"),
+    # messages that say what to do
+    (["eval.limit=1.5"], "eval.limit=1.5: must be an integer or null, not a decimal number"),
+    (["seeds.search=[0,1,2]"], "seeds.search=[0,1,2]: must be an integer, not a list"),
+    (["dem.weight_range=[a,b]"], "dem.weight_range=[a,b]: must be a list of numbers (item [0] is a string)"),
+    (["hub_mirror={w}/mirorr", "data.sources.mathqa={format: mathqa, path: regisss/math_qa}"],
+     "hub_mirror={w}/mirorr: no such folder. Did you mean '{w}/mirror'?"),
+    (["data.distributions=[mathqa, mine]", "data.sources.mine.pth=/x.json"],
+     "unknown key 'data.sources.mine.pth'. Did you mean 'data.sources.mine.path'?"),
 ]
 
 
@@ -254,7 +262,7 @@ def test_a_failed_build_leaves_nothing_in_the_cache(tmp_path):
     assert not list((tmp_path / "cache" / "base").glob(".*.tmp-*"))
 
 
-# ------------------------------------------------------------------------------------------------ sweeps
+# ------------------------------------------------------------------------------------------------ sweeps, names
 
 
 def test_plan_only_under_a_sweep_prints_each_plan_and_the_total_and_creates_nothing(tmp_path, monkeypatch, capsys):
@@ -268,3 +276,18 @@ def test_plan_only_under_a_sweep_prints_each_plan_and_the_total_and_creates_noth
     # both jobs train the same three runs (the search differs): the total counts them once
     assert "sweep: 2 job(s), 3 distinct training run(s) to train" in out and "nothing was created" in out
     assert tree(tmp_path) == before
+
+
+def test_a_new_source_name_needs_no_plus(tmp_path, monkeypatch):
+    """`data.sources.NEW=…` and `data.sources.NEW.path=…` add a source (Hydra's `+` could not: OmegaConf refused
+    a new key in the typed mapping), for a plain run and for the Hydra app that composes sys.argv."""
+    rows = write_json(tmp_path / "mine.json", mathqa_rows(6))
+    composed: list[list[str]] = []
+    monkeypatch.setattr(cli, "app", lambda: composed.append(list(sys.argv[1:])))
+    for args in ([f"data.sources.mine={{format: mathqa, path: '{rows}'}}"],
+                 [f"data.sources.mine.path={rows}", "+data.sources.mine.format=mathqa"]):
+        _run(monkeypatch, tmp_path, ["data.distributions=[mathqa, mine]", *args])
+        cli.main()
+        cfg = compose_cfg([a for a in composed[-1] if not a.startswith(("output_dir", "cache_dir"))])
+        assert (cfg.data.sources.mine.format, cfg.data.sources.mine.path) == ("mathqa", str(rows))
+        assert cfg.data.sources.sni.format == "builtin"  # the preset's other sources stay
