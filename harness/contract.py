@@ -1,6 +1,7 @@
-"""The summary.json contract (DESIGN.md) as pydantic models, checked field by field before a report is rebuilt, so
-a summary with a null perplexity or a negative FLOP count is refused in one line instead of rewriting report.md
-and results.csv from it. Extra fields are allowed: the contract is what every summary holds at least."""
+"""The summary.json contract (README, "Results": what every comparison writes) as pydantic models, checked field
+by field before a report is rebuilt, so a summary with a null perplexity or a negative FLOP count is refused in one
+line instead of rewriting report.md and results.csv from it. Extra fields are allowed: the contract is what every
+summary holds at least."""
 
 from __future__ import annotations
 
