@@ -59,6 +59,15 @@ def _record_hash(record: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _missing(folder: Path) -> list[Path]:
+    """`folder` and those of its parents that do not exist yet."""
+    out = []
+    while not folder.exists() and folder != folder.parent:
+        out.append(folder)
+        folder = folder.parent
+    return out
+
+
 class CorruptEntry(ValueError):
     """A cached entry whose record or files do not match what was written; the message names the file."""
 
@@ -162,13 +171,18 @@ class RunCache:
         name = f"{kind}/{key}" + (f" ({label})" if label else "")
         record = self._finished(kind, key)
         if record is None:
+            fresh = _missing(self.root / kind)  # folders this call creates: removed again if its build fails
             lock = self._lock(kind, key, label)
             try:
                 record = self._finished(kind, key, locked=True)  # another process may have finished it meanwhile
                 if record is None:
                     self._remove_debris(kind, key)
                     log.info("cache miss %s: computing", name)
-                    record = self._build(kind, key, spec, build)
+                    try:
+                        record = self._build(kind, key, spec, build)
+                    except BaseException:
+                        self._discard_failed(kind, key, fresh)
+                        raise
                     self._verified[final] = record
                     return Entry(final, record, hit=False)
             finally:
@@ -176,9 +190,22 @@ class RunCache:
         log.info("cache hit %s: reusing finished result", name)
         return Entry(final, record, hit=True)
 
+    def _discard_failed(self, kind: str, key: str, fresh: list[Path]) -> None:
+        """A build that raised leaves nothing behind: its temporary folder goes, and when this call created the
+        kind's folder (so no other process can have been waiting on this key's lock), the lock and the folders."""
+        shutil.rmtree(self._tmp(kind, key), ignore_errors=True)
+        if fresh:
+            (self.root / kind / f".{key}.lock").unlink(missing_ok=True)
+            for folder in sorted(fresh, key=lambda p: len(p.parts), reverse=True):
+                with contextlib.suppress(OSError):  # not empty: another build has started there meanwhile
+                    folder.rmdir()
+
+    def _tmp(self, kind: str, key: str) -> Path:
+        return self.root / kind / f".{key}.tmp-{socket.gethostname()}-{os.getpid()}"
+
     def _build(self, kind: str, key: str, spec: dict[str, Any], build: Callable[[Path], dict[str, Any]]
                ) -> dict[str, Any]:
-        tmp = self.root / kind / f".{key}.tmp-{socket.gethostname()}-{os.getpid()}"
+        tmp = self._tmp(kind, key)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         record = {**build(tmp), "key": key, "kind": kind, "spec": spec, "built_by": provenance.code()}

@@ -295,6 +295,8 @@ def validate(cfg: DictConfig) -> DictConfig:
          f"allowed: {', '.join(DEVICES)} (or cuda:N)")
     need(c.model.dtype in DTYPES, "model.dtype", one_of(DTYPES, c.model.dtype))
 
+    if c.hub_mirror and not Path(c.hub_mirror).expanduser().is_dir():  # before any file under it is looked for
+        problems.append(missing_folder("hub_mirror", c.hub_mirror))
     names = list(c.data.distributions)
     need(len(names) > 0 and len(set(names)) == len(names), "data.distributions", "a non-empty list of distinct names")
     for name in names:
@@ -424,6 +426,20 @@ def _check_mixing(c: DictConfig) -> list[str]:
         problems.append(f"selection.metric={c.selection.metric}: "
                         f"{one_of(('pooled_ppl', 'mean_log_ppl'), c.selection.metric)}")
     return problems
+
+
+def missing_folder(key: str, path: str) -> str:
+    """"key=path: no such folder", with the closest folder beside it when one is close (a misspelt root)."""
+    p = Path(path).expanduser()
+    if p.exists():
+        return f"{key}={path}: is a file, not a folder"
+    if not p.parent.is_dir():
+        return f"{key}={path}: no such folder (nor {p.parent})"
+    try:
+        hint = did_you_mean(str(p), [str(q) for q in p.parent.iterdir() if q.is_dir()])
+    except OSError:
+        hint = ""
+    return f"{key}={path}: no such folder.{hint}" if hint else f"{key}={path}: no such folder"
 
 
 def _check_mirrored_source(name: str, source: SourceConfig, mirror: Path) -> list[str]:

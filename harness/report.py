@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from harness.contract import SummaryError, check_summary  # summary.json's contract, checked field by field
 from harness.errors import HarnessError
 
 
@@ -310,30 +311,6 @@ def png_bytes(fig: Any) -> bytes:
     fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
     return buffer.getvalue()
-
-
-REQUIRED = ("train_tokens", "train_flops", "train_wall_s", "search_forward_tokens", "val_ppl", "val_ppl_by_dist",
-            "scores", "selected")
-
-
-class SummaryError(HarnessError, ValueError):
-    """A summary.json that lacks what the report needs; nothing is written."""
-
-
-def check_summary(summary: Any) -> None:
-    """The contract fields the report reads, each named when missing (so no report file is half rebuilt)."""
-    if not isinstance(summary, dict) or not isinstance(summary.get("methods"), dict):
-        raise SummaryError("missing 'methods'")
-    for name in ("data_mixing", "dem"):
-        if name not in summary["methods"]:
-            raise SummaryError(f"missing 'methods.{name}'")
-    for name, m in summary["methods"].items():
-        for field in REQUIRED:
-            if not isinstance(m, dict) or field not in m:
-                raise SummaryError(f"missing 'methods.{name}.{field}'")
-    for field in ("cost_ratio", "chance", "seed", "provenance", "wall_s"):
-        if field not in summary:
-            raise SummaryError(f"missing '{field}'")
 
 
 def render(summary: dict[str, Any]) -> dict[str, bytes]:

@@ -37,6 +37,7 @@ import numpy as np
 
 from harness.data import GENERATORS, Example, generate_splits, stable_seed
 from harness.errors import HarnessError
+from harness.filecheck import DataFileError, check_structure, layout_of
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +312,15 @@ def read_file(file: Path, fmt: Format, source: SourceConfig, streaming: bool) ->
         if columns:
             kwargs |= {"header": None, "column_names": list(columns),
                        "features": datasets.Features({c: datasets.Value("string") for c in columns})}
+    try:  # every line with the exact layout first: pandas would take a 4th column as an index, or pad a short row
+        check_structure(file, layout_of(file, source.columns or (fmt.headerless_columns if tsv(file) else None)))
+    except DataFileError as err:
+        raise SourceError(str(err)) from None
     return _call_load(str(file), builder, data_files=str(file), split="train", streaming=streaming, **kwargs)
+
+
+def tsv(file: Path) -> bool:
+    return file.suffix.lower() == ".tsv"
 
 
 def hub_label(path: str, config: str | None, split: str) -> str:

@@ -100,6 +100,16 @@ def _case_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def tree(root: Path) -> str:
+    """A hash of everything under `root`: every path (folders too, so an empty folder or a lock file counts) and
+    every file's bytes."""
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        h.update(str(p.relative_to(root)).encode() + b"\0")
+        h.update(p.read_bytes() if p.is_file() else b"<dir>")
+    return h.hexdigest()
+
+
 def _one_line(capsys: pytest.CaptureFixture, code: int) -> str:
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
@@ -119,12 +129,12 @@ def test_dem_bench_rejects_bad_input_before_creating_anything(tmp_path, monkeypa
                         if not any(a.startswith(("output_dir", "cache_dir")) for a in args)
                         else ["dem-bench", *MICRO, *args])
     monkeypatch.setattr(cli, "app", lambda: pytest.fail("bad input reached the Hydra app"))
-    before = sorted(p.name for p in root.iterdir())
+    before = tree(root)
     with pytest.raises(SystemExit) as exit_info:
         cli.main()
     line = _one_line(capsys, exit_info.value.code)
     assert expected.replace("{tmp}", str(root)) in line, line
-    assert sorted(p.name for p in root.iterdir()) == before  # no output, cache or runs/ folder was created
+    assert tree(root) == before  # nothing created or altered: no output, cache, runs/ or lock, no file touched
 
 
 @pytest.mark.parametrize("args,expected", [
@@ -230,6 +240,17 @@ def _summary() -> dict:
         k: v for k, v in s["methods"]["dem"].items() if k != "val_ppl"}}}), "missing 'methods.dem.val_ppl'"),
     ("no_mixing", lambda s: json.dumps({**s, "methods": {"dem": s["methods"]["dem"]}}),
      "missing 'methods.data_mixing'"),
+    ("null_val_ppl", lambda s: json.dumps({**s, "methods": {**s["methods"], "dem": {
+        **s["methods"]["dem"], "val_ppl": None}}}), "'methods.dem.val_ppl': Input should be a valid number (got null)"),
+    ("negative_flops", lambda s: json.dumps({**s, "methods": {**s["methods"], "data_mixing": {
+        **s["methods"]["data_mixing"], "train_flops": -1.0}}}), "'methods.data_mixing.train_flops': Input should be "
+     "greater than or equal to 0"),
+    ("ppl_by_dist_text", lambda s: json.dumps({**s, "methods": {**s["methods"], "base": {
+        **s["methods"]["base"], "val_ppl_by_dist": {"a": "2.0"}}}}), "'methods.base.val_ppl_by_dist.a'"),
+    ("no_forward_tokens", lambda s: json.dumps({**s, "methods": {**s["methods"], "dem": {
+        k: v for k, v in s["methods"]["dem"].items() if k != "search_forward_tokens"}}}),
+     "missing 'methods.dem.search_forward_tokens' (or 'selection_forward_tokens')"),
+    ("null_cost_ratio", lambda s: json.dumps({**s, "cost_ratio": None}), "'cost_ratio'"),
     ("not_json", lambda s: '{"methods": {', "JSONDecodeError"),
     ("not_an_object", lambda s: "[1, 2]", "missing 'methods'"),
     ("no_summary", None, "no summary.json in it"),
@@ -246,3 +267,14 @@ def test_report_cli_changes_nothing_when_the_summary_is_bad(tmp_path, capsys, na
         main([str(tmp_path)])
     assert expected in _one_line(capsys, exit_info.value.code)
     assert _digest(tmp_path) == before
+
+
+def test_the_summary_contract_accepts_the_renamed_forward_tokens_field():
+    """`selection_forward_tokens` (the new name of search_forward_tokens) satisfies the contract too."""
+    from harness.report import check_summary
+
+    summary = _summary()
+    for name, m in summary["methods"].items():
+        summary["methods"][name] = {**{k: v for k, v in m.items() if k != "search_forward_tokens"},
+                                    "selection_forward_tokens": 0}
+    check_summary(summary)

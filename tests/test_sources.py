@@ -418,8 +418,24 @@ def test_a_row_missing_a_field_names_file_row_and_field(tmp_path):
 def test_a_tsv_row_with_too_many_fields_names_the_line(tmp_path):
     path = tmp_path / "bad_train.tsv"
     path.write_text("q1\ta1\tr1\nq2\ta2\tr2\textra\n")
-    msg = one_line_error(SourceConfig(format="flan_cot", path=str(path)))
-    assert msg.startswith(f"data.sources.d: {path}: cannot read: ") and "line 2" in msg
+    assert one_line_error(SourceConfig(format="flan_cot", path=str(path))) == (
+        f"data.sources.d: {path}: line 2: 4 tab-separated field(s), expected 3 (question, answer, rationale; the "
+        "file has no header row)")
+
+
+def test_a_four_column_flan_tsv_is_refused_not_read_with_an_index(tmp_path):
+    """pandas reads a headerless file with one field more than its names on every row by taking the first column
+    as an index: the question became the answer and the run went on. Every line must have exactly 3 fields."""
+    path = tmp_path / "four_train.tsv"
+    path.write_text("".join(f"task{i}\tquestion {i}?\tanswer {i}\trationale {i}\n" for i in range(8)))
+    expected = (f"{path}: line 1: 4 tab-separated field(s), expected 3 (question, answer, rationale; the file has "
+                "no header row)")
+    assert one_line_error(SourceConfig(format="flan_cot", path=str(path))) == f"data.sources.d: {expected}"
+    assert check_source("cot", SourceConfig(format="flan_cot", path=str(path))) == [f"data.sources.cot: {expected}"]
+    header = tmp_path / "pairs.csv"
+    header.write_text('prompt,response\n"a, b",c\nd,e,f\n')  # a header sets the count for every row
+    assert one_line_error(SourceConfig(format="text", path=str(header))) == (
+        f"data.sources.d: {header}: line 3: 3 comma-separated field(s), expected 2, as in the header on line 1")
 
 
 def test_too_few_rows_is_an_error(tmp_path):
