@@ -202,6 +202,7 @@ class MixingArm:
     def __init__(self, cfg: DictConfig) -> None:
         self.methods = [make_method("data_mixing", cfg.mixing.method, cfg)]
         self.methods += [make_method(f"mixing_{m}", m, cfg) for m in cfg.mixing.compare]
+        self.labels = [m.label for m in self.methods]  # its report rows, in order
 
     def plan(self, ctx: Context, done: Mapping[str, Entry]) -> list[Planned]:
         return [p for m in self.methods for p in m.plan(ctx, done)]

@@ -31,6 +31,7 @@ class DemArm:
 
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg.dem
+        self.labels = ["dem", *(f"dem_{s.merge}" for s in self.cfg.compare)]  # its report rows, in order
 
     def plan(self, ctx: Context, done: Mapping[str, Entry]) -> list[Planned]:
         """One fine-tune per distribution: the same runs as the single-distribution reference models."""

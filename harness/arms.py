@@ -90,6 +90,7 @@ class Context:
 
 class Arm(Protocol):
     name: str
+    labels: list[str]  # the rows `select` will return (eval.score_models checks names against them before training)
 
     def plan(self, ctx: Context, done: Mapping[str, Entry]) -> list[Planned]: ...
 

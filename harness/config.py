@@ -140,11 +140,12 @@ class HelmConfig:
 class EvalConfig:
     tasks: list[str] = MISSING  # built-in tasks and/or any lm-eval task or group name (mmlu, bbh_fewshot, drop, …)
     num_fewshot: Any = None  # None = each task's default | an int for every task | {task or group: shots}
-    limit: int | None = None  # docs per task; None = the whole test split
+    limit: Any = None  # docs per task (per subtask of a group); None = all; {task: int} per listed task
     batch_size: int = 32
     gen_kwargs: Any = None  # generation tasks: a dict passed to lm-eval, e.g. {max_gen_toks: 64}
     helm: HelmConfig = field(default_factory=HelmConfig)
     allow_contamination: bool = False  # true: train even when a source holds scored test documents (flagged)
+    score_models: list[str] | None = None  # models scored on eval.tasks; None = every model (base, only_*, arms)
 
 
 @dataclass
@@ -320,6 +321,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     need(0 <= c.budget.warmup_ratio < 1, "budget.warmup_ratio", "must be in [0, 1)")
 
     problems += _check_mixing(c)
+    if c.eval.score_models is not None and not problems:
+        problems += _check_score_models(c)
     e = c.executor
     need(e.name in EXECUTORS, "executor.name", one_of(EXECUTORS, e.name))
     need(e.max_parallel >= 1, "executor.max_parallel", "must be >= 1")
@@ -357,13 +360,42 @@ def validate(cfg: DictConfig) -> DictConfig:
                        perturbations=list(c.eval.helm.perturbations) if c.eval.helm.robustness else None)
         except ConfigError as err:
             problems.append(str(err))
-    need(c.eval.limit is None or c.eval.limit > 0, "eval.limit", "must be null or a positive integer")
+    if c.eval.tasks and not problems:
+        from harness.evaluation import check_limit
+
+        try:
+            check_limit(plain(c.eval.limit), list(c.eval.tasks))
+        except ConfigError as err:
+            problems.append(str(err))
     need(c.eval.batch_size > 0, "eval.batch_size", "must be a positive integer")
     need(c.tracking.mode in TRACKING_MODES, "tracking.mode", one_of(TRACKING_MODES, c.tracking.mode))
 
     if problems:
         raise ConfigError("; ".join(problems))
     return c
+
+
+def model_labels(c: DictConfig) -> list[str]:
+    """Every row a comparison reports: the base, one fine-tune per distribution, and each arm's models (an arm
+    says which with a `labels` attribute; one without it reports one row under its name)."""
+    from harness.arms import make_arm
+
+    arms = [make_arm(name, c) for name in c.arms]
+    return ["base", *(f"only_{n}" for n in c.data.distributions),
+            *(label for arm in arms for label in getattr(arm, "labels", [arm.name]))]
+
+
+def _check_score_models(c: DictConfig) -> list[str]:
+    """`eval.score_models` names models this comparison produces, each once."""
+    known = model_labels(c)
+    wanted = list(c.eval.score_models)
+    problems = [f"eval.score_models: no arm produces '{m}'.{did_you_mean(m, known)} Models: {', '.join(known)}"
+                for m in wanted if m not in known]
+    if not wanted:
+        problems.append("eval.score_models=[]: name at least one model, or null for every model")
+    if len(set(wanted)) != len(wanted):
+        problems.append(f"eval.score_models={wanted}: each model at most once")
+    return problems
 
 
 MIXING_METHODS = ("grid", "regmix", "uniform", "proportional", "temperature")

@@ -68,7 +68,7 @@ def ngrams(tokens: Sequence[str], n: int = NGRAM) -> list[int]:
 # ---------------------------------------------------------------- task documents
 
 def task_documents(tasks: Sequence[str], *, task_dir: Path | None = None, mirror: str | Path | None = None,
-                   limit: int | float | None = None,
+                   limit: int | float | Mapping[str, int | None] | None = None,
                    builtin: Iterable[str] = ev.BUILTIN_TASKS) -> dict[str, list[str]]:
     """{leaf task: the text of each document it scores}, for `eval.tasks` (groups and tags expanded to their leaf
     tasks, the names lm-eval reports them under).
@@ -76,7 +76,7 @@ def task_documents(tasks: Sequence[str], *, task_dir: Path | None = None, mirror
     Tasks are built by lm-eval exactly as `evaluation.evaluate` builds them: built-in ones from the YAML that
     `write_tasks` put in `task_dir`, stock ones from lm-eval's index with their datasets read through the hub
     mirror. `limit` is lm-eval's: an int keeps the first N documents of each task, a float < 1 that fraction
-    (rounded up).
+    (rounded up); a mapping {listed task: limit} gives each listed task its own (`eval.limit`).
     """
     from lm_eval.evaluator_utils import get_sample_size
     from lm_eval.tasks import TaskManager
@@ -84,14 +84,15 @@ def task_documents(tasks: Sequence[str], *, task_dir: Path | None = None, mirror
     selection = ev.resolve_tasks(tasks, builtin)
     specs: list[Any] = [ev._builtin_spec(task_dir, t) for t in selection.builtin] + list(selection.stock)
     manager = ev.stock_manager() if selection.stock else TaskManager(include_defaults=False)
+    docs = {}
     with hub.hub_mirror(mirror):
-        loaded = [obj for spec in specs for obj in ev._load(manager, spec)]  # builds tasks: reads datasets
-        docs = {}
-        for name, task in ev._leaf_tasks(loaded).items():
-            every = task.eval_docs
-            n = get_sample_size(task, limit)
-            scored = every if n is None else [every[i] for i in range(min(n, len(every)))]
-            docs[name] = [doc_text(task, doc) for doc in scored]
+        for top, spec in zip([*selection.builtin, *selection.stock], specs, strict=True):
+            loaded = ev._load(manager, spec)  # builds the task(s): reads datasets
+            for name, task in ev._leaf_tasks(loaded).items():
+                every = task.eval_docs
+                n = get_sample_size(task, ev.limit_for(limit, top))
+                scored = every if n is None else [every[i] for i in range(min(n, len(every)))]
+                docs[name] = [doc_text(task, doc) for doc in scored]
     return docs
 
 

@@ -209,6 +209,66 @@ def check_num_fewshot(num_fewshot: Any, selection: TaskSelection) -> None:
         raise EvalConfigError("eval.num_fewshot: " + "; ".join(problems))
 
 
+def reachable(task: str, builtin: Iterable[str] = BUILTIN_TASKS) -> set[str]:
+    """A listed task and every group and subtask under it: the names `eval.num_fewshot` may key for it."""
+    return {task} if task in set(builtin) else {n for n, _, _ in _walk(task)}
+
+
+def fewshot_for(num_fewshot: Any, task: str, builtin: Iterable[str] = BUILTIN_TASKS) -> Any:
+    """The part of `eval.num_fewshot` that reaches one listed task: what scoring that task alone needs (and what
+    its cache key holds, so changing another task's shots never re-scores this one)."""
+    if not isinstance(num_fewshot, Mapping):
+        return num_fewshot
+    names = reachable(task, builtin)
+    return {k: v for k, v in num_fewshot.items() if k in names} or None
+
+
+def limit_for(limit: Any, task: str) -> int | None:
+    """`eval.limit` for one listed task: an int for every task (per subtask of a group), or {task: int|null} per
+    listed task (a task it does not name is scored in full)."""
+    return limit.get(task) if isinstance(limit, Mapping) else limit
+
+
+def check_limit(limit: Any, tasks: Sequence[str]) -> None:
+    """`eval.limit`: null, an int > 0, or {listed task: int > 0 or null}; else EvalConfigError (one line)."""
+    def bad(value: Any) -> bool:
+        return value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0)
+
+    if not isinstance(limit, Mapping):
+        if isinstance(limit, float):
+            raise EvalConfigError(f"eval.limit={limit}: must be an integer or null, not a decimal number")
+        if bad(limit):
+            raise EvalConfigError(f"eval.limit={limit}: must be null or a positive integer (or {{listed task: "
+                                  "int or null}})")
+        return
+    problems = [f"{k}={v} must be a positive integer or null" for k, v in limit.items() if bad(v)]
+    if unknown := sorted(set(limit) - set(tasks)):
+        problems.append(f"{', '.join(unknown)} not in eval.tasks ({', '.join(tasks)})")
+    if problems:
+        raise EvalConfigError("eval.limit: " + "; ".join(problems))
+
+
+def generates(task: str, builtin: Iterable[str] = BUILTIN_TASKS) -> bool:
+    """Whether a listed task has a generation (generate_until) subtask: only those read `eval.gen_kwargs`."""
+    if task in set(builtin):
+        return False
+    return any(cfg.get("output_type") == "generate_until" for _, cfg in leaf_configs(task))
+
+
+def generation_limits(names: Sequence[str], gen_kwargs: Mapping[str, Any] | None = None) -> dict[str, int]:
+    """{generation leaf task: the most tokens it may generate}: eval.gen_kwargs over its YAML's generation_kwargs
+    (as lm-eval's --gen_kwargs does), read with lm-eval's own alias rule and default (256)."""
+    from lm_eval.models.utils import normalize_gen_kwargs
+
+    out = {}
+    for top in names:
+        for task, cfg in leaf_configs(top):
+            if cfg.get("output_type") == "generate_until":
+                kwargs = {**(cfg.get("generation_kwargs") or {}), **(gen_kwargs or {})}
+                out[task] = int(normalize_gen_kwargs(dict(kwargs), 256)["max_gen_toks"])
+    return out
+
+
 def check_perturbations(kinds: Sequence[str]) -> None:
     """`eval.helm.perturbations`: a non-empty list of known kinds (harness/perturb.py), else EvalConfigError."""
     problems = pt.unknown_kinds(kinds) or ([] if kinds else [f"empty; use some of {', '.join(pt.KINDS)}"])

@@ -30,8 +30,11 @@ from harness.evaluation import (
     chance_level,
     check_eval,
     evaluate,
+    fewshot_for,
     flat_scores,
+    generates,
     headline_metric,
+    limit_for,
     mirror_fingerprint,
     write_tasks,
 )
@@ -104,6 +107,7 @@ def _compare(cfg: DictConfig, output_dir: Path, sweep: dict[str, str]) -> Path:
 
     # 6. Validation perplexity and lm-eval for every model; each row charged for every run it needed.
     evaluator = Evaluator(ctx, splits)
+    evaluator.n_models = sum(evaluator.wanted(c.label) for c in candidates)
     methods = {c.label: method_entry(ctx, c, done, evaluator, prov["git_commit"]) for c in candidates}
 
     # 7. Statistics from the per-sample results, cost and quality; the report (summary.json last: it marks the
@@ -339,12 +343,12 @@ def check_contamination(cfg: DictConfig, cache: RunCache, out: Path, splits: Map
     tasks = list(cfg.eval.tasks)
     selection = check_eval(tasks, plain(cfg.eval.num_fewshot), cfg.hub_mirror)
     items = write_tasks(out / "tasks", builtin_test_sets(cfg, splits, selection.builtin))
-    spec = {"train": {n: d.fingerprint for n, d in splits.items()}, "tasks": tasks, "limit": cfg.eval.limit,
+    spec = {"train": {n: d.fingerprint for n, d in splits.items()}, "tasks": tasks, "limit": plain(cfg.eval.limit),
             "builtin_items": items, "lm_eval": provenance.version("lm_eval"), "version": CONTAMINATION_VERSION,
             "mirror": mirror_fingerprint(tasks, cfg.hub_mirror) if cfg.hub_mirror else None}
 
     def build(folder: Path) -> dict[str, Any]:
-        docs = task_documents(tasks, task_dir=out / "tasks", mirror=cfg.hub_mirror, limit=cfg.eval.limit)
+        docs = task_documents(tasks, task_dir=out / "tasks", mirror=cfg.hub_mirror, limit=plain(cfg.eval.limit))
         return {"overlap": overlap(training_texts(splits), docs)}
 
     result = cache.get_or_create("contamination", spec, build, "training rows vs scored documents").record["overlap"]
@@ -358,10 +362,13 @@ def check_contamination(cfg: DictConfig, cache: RunCache, out: Path, splits: Map
 
 @dataclass
 class Evaluator:
-    """lm-eval on each model through the cache: the tasks written once, every result and per-sample record kept."""
+    """lm-eval on each model through the cache, one entry per (model, listed task): adding a task to a finished run
+    scores only that task, and a run stopped during evaluation resumes at the task it was on. The built-in tasks
+    are written once; every result and per-sample record is kept."""
 
     ctx: Context
     splits: dict[str, Distribution]
+    n_models: int = 0  # how many models will be scored (for progress and the time-left estimate)
 
     def __post_init__(self) -> None:
         cfg, ctx = self.ctx.cfg, self.ctx
@@ -371,40 +378,87 @@ class Evaluator:
                                     perturbations=list(helm.perturbations) if helm.robustness else None)
         self.test_sets = builtin_test_sets(cfg, self.splits, self.selection.builtin)
         items = write_tasks(ctx.out / "tasks", self.test_sets)  # keyed by the exact items, not the sizes asked
-        self.spec = {"tasks": self.tasks, "limit": cfg.eval.limit, "num_fewshot": plain(cfg.eval.num_fewshot),
-                     "gen_kwargs": plain(cfg.eval.gen_kwargs), "lm_eval": provenance.version("lm_eval"),
-                     "builtin_items": items, "load_options": asdict(ctx.options),
-                     "mirror": mirror_fingerprint(self.tasks, cfg.hub_mirror) if cfg.hub_mirror else None,
-                     "helm": {**OmegaConf.to_container(helm), "perturb_version": PERTURB_VERSION},
-                     "task_version": TASK_VERSION, "format": 2, **runtime_spec(ctx.runtime)}
-        self.results: dict[str, dict[str, Any]] = {}  # the last model's results (versions, headline metrics)
-        self.samples: dict[str, Path] = {}  # model label -> its per-sample records
-        self.records: dict[str, dict[str, Any]] = {}  # model label -> its evaluation's cache record
+        common = {"lm_eval": provenance.version("lm_eval"), "load_options": asdict(ctx.options),
+                  "helm": {**OmegaConf.to_container(helm), "perturb_version": PERTURB_VERSION},
+                  "task_version": TASK_VERSION, "format": 3, **runtime_spec(ctx.runtime)}
+        num_fewshot, limit = plain(cfg.eval.num_fewshot), plain(cfg.eval.limit)
+        self.specs = {}  # per listed task: everything its score depends on besides the model
+        for task in self.tasks:
+            self.specs[task] = {
+                "task": task, "limit": limit_for(limit, task), "num_fewshot": fewshot_for(num_fewshot, task),
+                "gen_kwargs": plain(cfg.eval.gen_kwargs) if generates(task) else None,
+                "builtin_items": items.get(task),
+                "mirror": mirror_fingerprint([task], cfg.hub_mirror) if cfg.hub_mirror and task not in items else None,
+                **common}
+        self.results: dict[str, dict[str, Any]] = {}  # the last scored model's results (versions, headline metrics)
+        self.samples: dict[str, Path] = {}  # model label -> its per-sample records (scored models only)
+        self.records: dict[str, list[dict[str, Any]]] = {}  # model label -> its evaluations' cache records
         self.ppl_units: dict[str, dict[str, Any]] = {}  # model label -> the report slice's per-example nll
+        self.task_seconds: dict[str, float] = {}  # listed task -> seconds it took on a model (for the estimate)
+        self.items: dict[str, int] = {}  # listed task -> items scored per model
+        self.scored = 0  # models scored so far
+        self.started = time.perf_counter()
+
+    def wanted(self, label: str) -> bool:
+        """Whether `eval.score_models` asks for this model (null: every model)."""
+        chosen = self.ctx.cfg.eval.score_models
+        return chosen is None or label in chosen
 
     def scores(self, candidate: Candidate) -> dict[str, float]:
+        """Every listed task's scores for one model, each task through its own cache entry."""
         cfg, ctx = self.ctx.cfg, self.ctx
-
-        def run_eval(folder: Path) -> dict[str, Any]:
-            return {"results": evaluate(candidate.open(), ctx.tokenizer, tasks=self.tasks, task_dir=ctx.out / "tasks",
-                                        num_fewshot=plain(cfg.eval.num_fewshot), limit=cfg.eval.limit,
-                                        batch_size=cfg.eval.batch_size, gen_kwargs=plain(cfg.eval.gen_kwargs),
-                                        samples_dir=folder / "samples", mirror=cfg.hub_mirror,
-                                        robustness=cfg.eval.helm.robustness,
-                                        perturbations=list(cfg.eval.helm.perturbations),
-                                        perturb_seed=cfg.eval.helm.seed)}
-
-        entry = ctx.cache.get_or_create("eval", {"model": candidate.model_key, **self.spec}, run_eval, candidate.label)
-        self.records[candidate.label] = entry.record
+        self.scored += 1
         samples = ctx.out / "samples" / candidate.label
-        shutil.copytree(entry.path / "samples", samples, dirs_exist_ok=True)  # per-sample outputs, for audits
+        results: dict[str, dict[str, Any]] = {}
+        self.records[candidate.label] = []
+        model: list[Any] = []  # opened once, on the first task not in the cache
+
+        for i, task in enumerate(self.tasks, 1):
+            def run_eval(folder: Path, task: str = task, i: int = i) -> dict[str, Any]:
+                if not model:
+                    model.append(candidate.open())
+                self._progress(candidate.label, i, task)
+                began = time.perf_counter()
+                result = evaluate(model[0], ctx.tokenizer, tasks=[task], task_dir=ctx.out / "tasks",
+                                  num_fewshot=self.specs[task]["num_fewshot"], limit=self.specs[task]["limit"],
+                                  batch_size=cfg.eval.batch_size, gen_kwargs=self.specs[task]["gen_kwargs"],
+                                  samples_dir=folder / "samples", mirror=cfg.hub_mirror,
+                                  robustness=cfg.eval.helm.robustness, perturbations=list(cfg.eval.helm.perturbations),
+                                  perturb_seed=cfg.eval.helm.seed)
+                self.task_seconds[task] = time.perf_counter() - began
+                return {"results": result, "eval_wall_s": self.task_seconds[task]}
+
+            entry = ctx.cache.get_or_create("eval", {"model": candidate.model_key, **self.specs[task]}, run_eval,
+                                            f"{candidate.label} {task}")
+            self.records[candidate.label].append(entry.record)
+            self.items[task] = entry.record["results"][task]["n"]
+            shutil.copytree(entry.path / "samples", samples, dirs_exist_ok=True)  # per-sample outputs, for audits
+            results |= entry.record["results"]
         self.samples[candidate.label] = samples
-        self.results = entry.record["results"]
-        return flat_scores(self.results)
+        self.results = results
+        return flat_scores(results)
+
+    def _progress(self, label: str, i: int, task: str) -> None:
+        """One line per (model, task) scored: where it is, how many items, and the time left — estimated from the
+        seconds each task took on an earlier model (known after the first model scored)."""
+        items = f", {self.items[task]} items" if task in self.items else ""
+        left_tasks = len(self.tasks) - i + 1 + (self.n_models - self.scored) * len(self.tasks)
+        if self.task_seconds:
+            per_task = {t: self.task_seconds.get(t) for t in self.tasks}
+            known = [v for v in per_task.values() if v is not None]
+            mean = sum(known) / len(known)
+            this_model = sum(per_task.get(t) or mean for t in self.tasks[i - 1:])
+            left = this_model + (self.n_models - self.scored) * sum(v or mean for v in per_task.values())
+            eta = f"about {left / 60:.0f} min left"
+        else:
+            eta = "time left: estimated once a task has been scored"
+        elapsed = (time.perf_counter() - self.started) / 60
+        log.info("eval: model %d/%d %s, task %d/%d %s%s; %d (model, task) pairs to go, %.0f min so far, %s",
+                 self.scored, self.n_models, label, i, len(self.tasks), task, items, left_tasks, elapsed, eta)
 
     @property
     def headline(self) -> dict[str, str]:
-        return {t: headline_metric(self.results[t]) for t in self.tasks}
+        return {t: headline_metric(self.results[t]) for t in self.tasks} if self.results else {}
 
     @property
     def higher(self) -> dict[str, bool]:
@@ -418,7 +472,8 @@ class Evaluator:
         return {t: r["subtasks"] for t, r in self.results.items() if r.get("group")}
 
     def chance(self) -> dict[str, float]:
-        return {t: chance_level(self.test_sets[t][: self.ctx.cfg.eval.limit]) for t in self.selection.builtin}
+        limit = plain(self.ctx.cfg.eval.limit)
+        return {t: chance_level(self.test_sets[t][: limit_for(limit, t)]) for t in self.selection.builtin}
 
 
 def method_entry(ctx: Context, c: Candidate, done: Mapping[str, Entry], evaluator: Evaluator,
@@ -430,6 +485,7 @@ def method_entry(ctx: Context, c: Candidate, done: Mapping[str, Entry], evaluato
     selection = ctx.measure(c.model_key, c.open)  # the slice the arms selected on: shown, never tested
     ppl = ctx.measure_report(c.model_key, c.open)  # the held-out report slice: every reported perplexity
     evaluator.ppl_units[c.label] = ppl["examples"]
+    scored = evaluator.wanted(c.label)
     train_flops = sum(r["train_flops"] for r in records)
     selection_flops = c.selection_flops if c.selection_flops is not None else cost.forward_flops(
         ctx.model_config, c.selection_forward_tokens, ctx.cfg.budget.seq_len)
@@ -450,10 +506,12 @@ def method_entry(ctx: Context, c: Candidate, done: Mapping[str, Entry], evaluato
         "selection_val_ppl": selection["val_ppl"],  # the selection slice (optimistic for the selected models)
         "selection_val_ppl_by_dist": selection["val_ppl_by_dist"],
         "selection_val_score": ctx.score(selection),
-        "scores": evaluator.scores(c),
+        "scores": evaluator.scores(c) if scored else {},
+        "scored": scored,  # false: eval.score_models left it out (perplexity only; its scores read "not run")
         "selected": c.selected,
         "built_by_other_commit": provenance.other_code(
-            [*records, selection, ppl, evaluator.records[c.label], *ctx.cache.records_of(c.model_key)], commit),
+            [*records, selection, ppl, *evaluator.records.get(c.label, []), *ctx.cache.records_of(c.model_key)],
+            commit),
     }
 
 

@@ -82,6 +82,7 @@ def preflight(cfg: DictConfig) -> None:
     from harness.base import load_options  # heavy imports (torch, transformers) only after the schema passed
     from harness.models import ModelSourceError, check_causal_lm, locate_hf, resolve_runtime, smollm2_gguf
 
+    folder = None
     try:
         resolve_runtime(cfg.model.device, cfg.model.dtype)
         if cfg.model.source == "hf":
@@ -93,6 +94,9 @@ def preflight(cfg: DictConfig) -> None:
     except ModelSourceError as err:
         raise ConfigError(str(err)) from None
     check_data_files(cfg)
+    if not cfg.plan_only:  # a plan reads no evaluation data
+        check_eval_datasets_reachable(cfg)
+    check_generation_lengths(cfg, folder)
 
 
 # ------------------------------------------------------------------------------------------------ scheduler
@@ -216,3 +220,87 @@ def check_data_files(cfg: DictConfig) -> None:
             except DataFileError as err:
                 more = f" and {len(d.tasks) - 1} more" if len(d.tasks) > 1 else ""
                 raise ConfigError(f"hub_mirror: {err} (read by task {d.tasks[0]}{more})") from None
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+
+
+def check_eval_datasets_reachable(cfg: DictConfig) -> None:
+    """Without `hub_mirror`, every hub dataset a stock task reads must come from the hub or the local HF cache;
+    lm-eval would otherwise fail after training with a 150-line ConnectionError."""
+    from harness.evaluation import resolve_tasks, task_datasets
+
+    if cfg.hub_mirror:
+        return
+    answered: dict[str, bool] = {}  # one probe per dataset path, however many configs and tasks read it
+    for task in resolve_tasks(list(cfg.eval.tasks)).stock:
+        for path in dict.fromkeys(d.path for d in task_datasets([task])):
+            if path not in answered:
+                answered[path] = _in_hf_cache(path) or _hub_answers(path)
+            if not answered[path]:
+                raise ConfigError(f"eval.tasks: {task} reads hub dataset '{path}', which is neither in the local HF "
+                                  "cache nor reachable (no network?); point hub_mirror at a local mirror (README "
+                                  "\"Hub mirror\") or run where the hub can be reached")
+
+
+def _in_hf_cache(path: str) -> bool:
+    """Whether `datasets` (or the hub client) already holds files of this dataset locally."""
+    from datasets import config as ds_config
+    from huggingface_hub import constants
+
+    return ((Path(ds_config.HF_DATASETS_CACHE) / path.replace("/", "___")).is_dir()
+            or (Path(constants.HF_HUB_CACHE) / f"datasets--{path.replace('/', '--')}").is_dir())
+
+
+def _hub_answers(path: str) -> bool:
+    """Whether the hub can be asked about this dataset (an answer of any kind: a missing or gated dataset is
+    lm-eval's to report); False offline, or when the network fails."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        HfApi().dataset_info(path, timeout=10)
+    except HfHubHTTPError as err:
+        return getattr(err, "response", None) is not None
+    except Exception:  # DNS, connection refused, timeout: whatever the HTTP client calls it
+        return False
+    return True
+
+
+def check_generation_lengths(cfg: DictConfig, hf_folder: Path | None = None) -> None:
+    """Each generation task's `max_gen_toks` (its YAML's, or eval.gen_kwargs') must be below the model's context
+    length: lm-eval asserts it only when it reaches the task, after training."""
+    from harness.evaluation import generation_limits, resolve_tasks
+
+    stock = resolve_tasks(list(cfg.eval.tasks)).stock
+    limits = generation_limits(stock, plain(cfg.eval.gen_kwargs)) if stock else {}
+    if not limits:
+        return
+    context = model_context_length(cfg, hf_folder)
+    too_long = {task: n for task, n in limits.items() if n >= context}
+    if too_long:
+        task, n = next(iter(too_long.items()))
+        more = f" (and {len(too_long) - 1} more tasks)" if len(too_long) > 1 else ""
+        raise ConfigError(f"eval.tasks: generation task {task}{more} may generate {n} tokens (max_gen_toks), not "
+                          f"below the model's context length of {context}; set eval.gen_kwargs={{max_gen_toks: N}} "
+                          f"with N < {context}")
+
+
+def model_context_length(cfg: DictConfig, hf_folder: Path | None = None) -> int:
+    """The context length lm-eval will assume for the model (its own rule, lm_eval.models.utils.resolve_max_length,
+    on the model's config; 2048 where the config names none)."""
+    from lm_eval.models.utils import resolve_max_length
+    from transformers import AutoConfig
+
+    if cfg.model.source == "tiny":
+        return int(cfg.model.max_seq_len)
+    if hf_folder is not None:
+        config = AutoConfig.from_pretrained(hf_folder, trust_remote_code=cfg.model.trust_remote_code)
+    else:
+        from harness.models import smollm2_gguf
+
+        gguf = smollm2_gguf()
+        config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    return int(resolve_max_length(config, None, default=2048))

@@ -187,9 +187,18 @@ DATASETS: list[tuple[str, str | None, dict[str, list[dict[str, Any]]]]] = [
 ]
 
 
-def write_mirror(root: Path) -> Path:
-    """Write every fixture dataset under `root` in the mirror layout; return `root`."""
-    for path, name, splits in DATASETS:
+def write_mirror(root: Path, every_mmlu_subject: bool = False) -> Path:
+    """Write every fixture dataset under `root` in the mirror layout; return `root`. With every_mmlu_subject, the
+    abstract_algebra rows stand in for each of MMLU's subjects too (what the whole `mmlu` group reads)."""
+    datasets = list(DATASETS)
+    if every_mmlu_subject:
+        from harness.evaluation import task_datasets
+
+        algebra = DATASETS[0][2]
+        datasets += [(d.path, d.name, {split: [{**r, "subject": d.name} for r in rows]
+                                       for split, rows in algebra.items()})
+                     for d in task_datasets(["mmlu"]) if d.name != "abstract_algebra"]
+    for path, name, splits in datasets:
         folder = root / path / (name or "default")
         folder.mkdir(parents=True, exist_ok=True)
         for split, rows in splits.items():

@@ -17,6 +17,7 @@ import torch
 
 import harness.__main__ as cli
 from tests.conftest import MICRO
+from tests.fixtures_hub import write_mirror
 
 PLUGIN_SYNTAX = "from dem.merge import register\n\ndef broken(:\n    pass\n"
 PLUGIN_RAISES = "raise RuntimeError('plugin exploded at import')\n"
@@ -89,10 +90,22 @@ CONFIG_CASES = [
     (["budget.mode=matched"], "budget.mode=matched: allowed: per_run, matched_total"),
     (["selection.metric=ppl"], "selection.metric=ppl: allowed: pooled_ppl, mean_log_ppl"),
     (["mixing.mixtures=[{mathqa: 0.5, nope: 0.5}]"], "mixing.mixtures[0]"),
+    (["eval.score_models=[base, dem, dme]"], "eval.score_models: no arm produces 'dme'. Did you mean 'dem'?"),
+    (["eval.score_models=[]"], "eval.score_models=[]: name at least one model"),
+    (["eval.limit={mathqa_mc: 5, mmlu: 3}"], "eval.limit: mmlu not in eval.tasks"),
+    (["eval.limit={mathqa_mc: 0}"], "eval.limit: mathqa_mc=0 must be a positive integer or null"),
+    # a stock task with neither a mirror nor the hub (the tests run with HF_HUB_OFFLINE=1): named before training
+    (["eval.tasks=[mmlu]"], "eval.tasks: mmlu reads hub dataset 'cais/mmlu', which is neither in the local HF cache "
+                            "nor reachable"),
+    # BBH's YAML asks for up to 256 new tokens; the micro model's context is 256: lm-eval would assert after training
+    (["eval.tasks=[bbh_fewshot_boolean_expressions]", "hub_mirror={tmp}/mirror"],
+     "generation task bbh_fewshot_boolean_expressions may generate 256 tokens (max_gen_toks), not below the model's "
+     "context length of 256; set eval.gen_kwargs={max_gen_toks: N} with N < 256"),
 ]
 
 
 def _case_dir(tmp_path: Path) -> Path:
+    write_mirror(tmp_path / "mirror")
     (tmp_path / "a_file").write_text("not a folder")
     (tmp_path / "syntax.py").write_text(PLUGIN_SYNTAX)
     (tmp_path / "raises.py").write_text(PLUGIN_RAISES)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import MICRO_PINNED
+from tests.fixtures_hub import write_mirror
 
 pytestmark = pytest.mark.slow
 MODEL_FIELDS = {"train_tokens", "train_flops", "train_wall_s", "search_forward_tokens", "val_ppl",
@@ -200,3 +201,31 @@ def test_overlap_is_reported_and_contaminated_scores_are_flagged(first_run):
     md = render(summary)["report.md"].decode()
     assert "cot_mc (acc) ⚠ contaminated" in md and "**Flagged scores**" in md and "cot_mc ← cot" in md
     assert "| cot | cot_mc |" in md and "| contaminated |" in md
+
+
+def test_a_task_added_to_a_finished_run_is_the_only_one_scored_and_score_models_restricts_scoring(first_run,
+                                                                                                     tmp_path):
+    """Evaluation is cached per (model, task): rerunning the finished comparison with one more task (a stock task
+    read through a hub mirror) scores that task alone, once per scored model; the models eval.score_models leaves
+    out keep their perplexity and report their scores as not run."""
+    root, _ = first_run
+    mirror = write_mirror(tmp_path / "mirror")
+    tasks = "eval.tasks=[mathqa_mc,sni_mc,cot_mc,drop_mc,bbh_object_counting,mmlu_abstract_algebra]"
+    proc = _run(tmp_path / "out", root / "cache", tasks, f"hub_mirror={mirror}", "eval.score_models=[base,dem]")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    misses = [line for line in log.splitlines() if "cache miss eval/" in line]
+    assert len(misses) == 2 and all("mmlu_abstract_algebra" in line for line in misses), misses
+    assert {m.split("(")[1].split()[0] for m in misses} == {"base", "dem"}
+    assert "cache miss train/" not in log and "cache miss ppl/" not in log
+    assert "eval: model 1/2 base, task 6/6 mmlu_abstract_algebra" in log  # progress: model i of n, task
+
+    one = json.loads((root / "out1" / "summary.json").read_text())["methods"]
+    two = json.loads((tmp_path / "out" / "summary.json").read_text())["methods"]
+    for name in ("base", "dem"):
+        assert two[name]["scored"] is True and 0 <= two[name]["scores"]["mmlu_abstract_algebra/acc"] <= 1
+        assert {k: v for k, v in two[name]["scores"].items() if not k.startswith("mmlu")} == one[name]["scores"]
+    for name in ("data_mixing", *(f"only_{d}" for d in DISTS)):
+        assert two[name]["scored"] is False and two[name]["scores"] == {}
+        assert two[name]["val_ppl"] == one[name]["val_ppl"]  # perplexity still measured (from the cache)
+    assert "| only_sni | not run |" in (tmp_path / "out" / "report.md").read_text()

@@ -79,11 +79,18 @@ def test_sigkill_at_any_stage_then_rerun_gives_the_uninterrupted_summary(tmp_pat
     assert "removing" in log and ".tmp-" in log  # the dead build's debris was cleaned up
     log = _run_until(out, cache, "dem_ties search: trial 2/8")  # the second strategy's search
     assert "dem search: resuming, 3 of 8 trials already done" in log
-    log = _run_until(out, cache, "cache miss eval/", occurrence=2, delay=0.3)  # during evaluation
+    log = _run_until(out, cache, "cache miss eval/", occurrence=3, delay=0.3)  # during the base's 3rd task
     assert "dem_ties search: resuming, 2 of 8 trials already done" in log
     final = subprocess.run(_cmd(out, cache), capture_output=True, text=True, timeout=900)
     assert final.returncode == 0, final.stderr[-3000:]
     assert "cache miss train/" not in final.stdout and "cache miss search/" not in final.stdout
+    # evaluation is cached per (model, task): the rerun reuses the tasks scored before the kill and resumes at the
+    # task it was on (or the next, if that one finished in the 0.3 s before the kill), not at the model's start
+    evals = [line for line in final.stdout.splitlines() if "eval/" in line and "cache " in line]
+    assert "cache hit" in evals[0] and "(base mathqa_mc)" in evals[0], evals[:3]
+    assert "cache hit" in evals[1] and "(base sni_mc)" in evals[1], evals[:3]
+    first_miss = next(line for line in evals if "cache miss" in line)
+    assert "(base cot_mc)" in first_miss or "(base drop_mc)" in first_miss, evals[:5]
     assert not list(cache.rglob(".*.tmp-*")), "no temporary folder survives a finished run"
 
     ref = (tmp_path / "ref" / "summary.json").read_text().replace(str(tmp_path / "ref-cache"), "<cache>")
