@@ -20,7 +20,16 @@ from typing import Any
 import pandas as pd
 
 from harness.errors import HarnessError
-from harness.report import SummaryError, check_summary, higher_is_better, png_bytes, rows, score_columns, write_atomic
+from harness.report import (
+    SummaryError,
+    chance_levels,
+    check_summary,
+    higher_is_better,
+    png_bytes,
+    rows,
+    score_columns,
+    write_atomic,
+)
 from harness.stats import t_interval, win_tie_loss
 
 SUMMARY = "summary.json"
@@ -28,6 +37,12 @@ FILES = ("aggregate.md", "aggregate.csv", "aggregate.tex", "cost_quality.png")
 # Config keys that never define a setup: replicates (seeds), where things are written, and logging.
 NOT_SWEPT_TOP = ("seed", "seeds", "output_dir", "cache_dir", "hub_mirror", "hydra", "tracking")
 MIXING = "data_mixing"
+RETENTION_SHOWN = ("retention_id", "retention_general")  # in aggregate.md/.tex; every retention column is in the csv
+RETENTION_NOTE = ("- `retention_id`: in-distribution retention (each training distribution's own task, or its "
+                  "validation perplexity, relative to its single fine-tune, averaged over distributions); "
+                  "`retention_general`: mean score on the general benchmarks ÷ the base model's; both per run "
+                  "(definition in each run's report.md), then mean ± across seeds; n/a where some seed has none (a "
+                  "model left out of scoring, or a run from before retention).\n")
 TRACKING_MODES = ("disabled", "offline", "online")
 
 
@@ -92,7 +107,7 @@ def _read(run: Path) -> dict[str, Any]:
     if not isinstance(summary.get("config"), dict):
         raise AggregateError(f"{path}: missing 'config'")
     for name, m in summary["methods"].items():
-        for col in score_columns(summary):
+        for col in score_columns(summary) if m.get("scored", True) else []:  # one left out of scoring has none
             if col not in m["scores"]:
                 raise AggregateError(f"{path}: missing 'methods.{name}.scores.{col}'")
     return summary
@@ -197,20 +212,34 @@ def _long(summaries: Sequence[dict[str, Any]], keys: Sequence[str]) -> pd.DataFr
     return pd.concat(frames, ignore_index=True)
 
 
+def _optional_interval(values: Sequence[Any], name: str) -> tuple[float, float, float]:
+    """As `_interval`, but NaN throughout where some seed has no value (a retention column of a model left out of
+    scoring, or of a run from before retention existed): a mean over the other seeds would mix setups."""
+    if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in values):
+        return math.nan, math.nan, math.nan
+    return _interval(values, name)
+
+
 def _model_row(model: pd.DataFrame, mixing: pd.DataFrame, metrics: Sequence[str], is_dem: bool,
-               lower: frozenset[str] = frozenset()) -> dict[str, Any]:
+               lower: frozenset[str] = frozenset(), optional: Sequence[str] = ()) -> dict[str, Any]:
     """One model's aggregate within a group; `model`/`mixing` are its and the mixing arm's rows indexed by seed.
-    A win on a column in `lower` (lower-is-better metrics) is a lower value."""
+    A win on a column in `lower` (lower-is-better metrics) is a lower value. `optional` columns (retention) get
+    mean and interval only, NaN where a seed lacks them."""
     row: dict[str, Any] = {"n_seeds": len(model), "seeds": " ".join(map(str, sorted(model.index)))}
+    never = bool(model[list(metrics)].isna().all(axis=None))  # left out of scoring in every run: n/a, no error
     for col in metrics:
-        row[col], row[f"{col}_low"], row[f"{col}_high"] = _interval(model[col].tolist(), col)
+        interval = _optional_interval if never else _interval
+        row[col], row[f"{col}_low"], row[f"{col}_high"] = interval(model[col].tolist(), col)
+    for col in optional:
+        row[col], row[f"{col}_low"], row[f"{col}_high"] = _optional_interval(model[col].tolist(), col)
     row["val_ppl"], row["val_ppl_low"], row["val_ppl_high"] = _ppl_interval(model["val_ppl"].tolist())
     row["train_flops"] = model["train_flops"].mean()
     row["cost_vs_mixing"] = model["cost_vs_mixing"].mean()  # for `dem`: the mean of the runs' cost_ratio_train
     seeds = sorted(model.index)
     for col in metrics:  # paired by seed: DEM and the mixing arm of the same run
         a, b = model.loc[seeds, col].tolist(), mixing.loc[seeds, col].tolist()
-        wtl = (win_tie_loss(b, a) if col in lower else win_tie_loss(a, b)) if is_dem else (None,) * 3
+        compared = is_dem and not never and not any(pd.isna(b))
+        wtl = (win_tie_loss(b, a) if col in lower else win_tie_loss(a, b)) if compared else (None,) * 3
         row |= dict(zip((f"{col}_wins", f"{col}_ties", f"{col}_losses"), wtl, strict=True))
     return row
 
@@ -219,11 +248,13 @@ def aggregate(summaries: Sequence[dict[str, Any]]) -> pd.DataFrame:
     """One row per (sweep values…, model): each task's headline metric, `mean_score` (per seed, then across seeds)
     and `val_ppl` as mean with 95% CI bounds (`<col>`, `<col>_low`, `<col>_high`), mean `train_flops` and
     `cost_vs_mixing`, `n_seeds`, and for DEM rows (`dem`, `dem_<merge>`) the wins/ties/losses against data mixing
-    over seeds (`<col>_wins`, `<col>_ties`, `<col>_losses`) for mean_score and each task."""
+    over seeds (`<col>_wins`, `<col>_ties`, `<col>_losses`) for mean_score and each task. The retention columns
+    (`retention_*`, where the runs have them) get mean and CI bounds too, NaN where some seed lacks them."""
     keys = sweep_keys(summaries)
     metrics = [*score_columns(summaries[0]), "mean_score"]
     lower = frozenset(c for c, up in higher_is_better(summaries[0]).items() if not up)
     long = _long(summaries, keys)
+    retention = [c for c in long.columns if c.startswith("retention_")]
     out = []
     for group in sorted(dict.fromkeys(long["_group"]), key=lambda g: [_order(v) for v in g]):
         runs = long[[g == group for g in long["_group"]]]  # not `== group`: pandas reads a tuple as a column
@@ -232,7 +263,7 @@ def aggregate(summaries: Sequence[dict[str, Any]]) -> pd.DataFrame:
             rows_ = runs[runs["model"] == model].set_index("seed")
             is_dem = model == "dem" or model.startswith("dem_")
             try:
-                stats = _model_row(rows_, mixing, metrics, is_dem, lower)
+                stats = _model_row(rows_, mixing, metrics, is_dem, lower, retention)
             except ValueError as err:
                 where = ", ".join(f"{k}={v}" for k, v in zip(keys, group, strict=True))
                 raise AggregateError(f"cannot aggregate model {model}{f' ({where})' if where else ''}: {err}") from err
@@ -244,7 +275,10 @@ def aggregate(summaries: Sequence[dict[str, Any]]) -> pd.DataFrame:
 
 # ------------------------------------------------------------------------------------------------- md / tex / csv
 def _pm(mean: float, low: float, high: float, fmt: str = ".3f") -> str:
-    """'0.412 ± 0.031' (half-width of the symmetric t interval); just the mean where there is no interval."""
+    """'0.412 ± 0.031' (half-width of the symmetric t interval); just the mean where there is no interval, 'n/a'
+    where there is no mean (a retention column some seed lacks)."""
+    if math.isnan(mean):
+        return "n/a"
     return f"{mean:{fmt}}" if math.isnan(high) else f"{mean:{fmt}} ± {high - mean:{fmt}}"
 
 
@@ -261,6 +295,7 @@ def display(table: pd.DataFrame, keys: Sequence[str], tasks: Sequence[str]) -> p
     def cells(r: pd.Series) -> dict[str, Any]:
         out: dict[str, Any] = {k: r[k] for k in keys} | {"model": r["model"], "n": r["n_seeds"]}
         out |= {c: _pm(r[c], r[f"{c}_low"], r[f"{c}_high"]) for c in [*tasks, "mean_score"]}
+        out |= {c: _pm(r[c], r[f"{c}_low"], r[f"{c}_high"]) for c in RETENTION_SHOWN if c in r}
         out["val_ppl"] = _ppl(r["val_ppl"], r["val_ppl_low"], r["val_ppl_high"])
         out |= {"train_flops": f"{r['train_flops']:.3g}", "cost_vs_mixing": f"{r['cost_vs_mixing']:.2f}",
                 "W/T/L vs mixing": _wtl(r, "mean_score")}
@@ -275,10 +310,10 @@ def _md_table(frame: pd.DataFrame) -> str:
 
 
 def _chance(summaries: Sequence[dict[str, Any]]) -> str:
-    tasks = dict.fromkeys(t for s in summaries for t in s["chance"])
-    means = {t: sum(s["chance"][t] for s in summaries if t in s["chance"]) /
-             sum(t in s["chance"] for s in summaries) for t in tasks}
-    return ", ".join(f"{t} {c:.3f}" for t, c in means.items()) or "n/a (stock tasks)"
+    levels = [chance_levels(s) for s in summaries]  # built-in tasks' and stock multiple-choice tasks'
+    tasks = dict.fromkeys(t for c in levels for t in c)
+    means = {t: sum(c[t] for c in levels if t in c) / sum(t in c for c in levels) for t in tasks}
+    return ", ".join(f"{t} {c:.3f}" for t, c in means.items()) or "n/a (no multiple-choice task)"
 
 
 def markdown(table: pd.DataFrame, summaries: Sequence[dict[str, Any]], runs: Sequence[Path]) -> str:
@@ -299,6 +334,7 @@ def markdown(table: pd.DataFrame, summaries: Sequence[dict[str, Any]], runs: Seq
         "- `mean_score`: the mean of the task columns within each run, then across seeds; `train_flops` and "
         "`cost_vs_mixing` (train FLOPs ÷ the data-mixing arm's; DEM's is the runs' `cost_ratio_train`) are means over "
         "seeds.\n"
+        + (RETENTION_NOTE if "retention_id" in table.columns else "") +
         "- `W/T/L vs mixing`: seeds where the DEM model's mean score is above / equal to / below data mixing's in "
         "the same run; per task in the last table.\n"
         f"- Chance accuracy: {_chance(summaries)}\n"
@@ -354,7 +390,7 @@ def plot(table: pd.DataFrame, keys: Sequence[str]) -> bytes:
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     styles = _styles(list(dict.fromkeys(table["model"])))
     if not keys:
-        for _, r in table.iterrows():
+        for _, r in table[table["mean_score"].notna()].iterrows():  # not scored: no point
             ax.errorbar(r["train_flops"], r["mean_score"], yerr=_yerr(table.loc[[r.name]]), capsize=3, ms=7,
                         color=styles[r["model"]]["color"], marker=styles[r["model"]]["marker"], linestyle="none")
             ax.annotate(r["model"], (r["train_flops"], r["mean_score"]), textcoords="offset points",

@@ -45,6 +45,40 @@ class Method(BaseModel):
         return data
 
 
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class Retained(BaseModel):
+    """One retention value with its 95% CI: null where it could not be computed (a model not scored: its
+    `note` says why)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    value: Finite | None
+    ci_low: Finite | None
+    ci_high: Finite | None
+
+
+class ModelRetention(BaseModel):
+    """`retention.models.<name>` (harness/retention.py)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    in_distribution: dict[str, Retained]
+    in_distribution_mean: Retained
+    general: Retained
+
+
+class Retention(BaseModel):
+    """`retention`: each distribution's basis (`task:<name>` or `val_ppl`) and every model's values; summaries
+    written before it existed have none."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    basis: dict[str, str]
+    models: dict[str, ModelRetention]
+
+
 class Summary(BaseModel):
     """The top level: every model, the cost ratio, and what the report's text reads."""
 
@@ -56,6 +90,7 @@ class Summary(BaseModel):
     seed: int
     provenance: dict[str, Any]
     wall_s: Amount
+    retention: Retention | None = None
 
 
 def check_summary(summary: Any) -> None:

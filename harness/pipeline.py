@@ -45,6 +45,7 @@ from harness.perplexity import perplexity, selection_score, sums_of
 from harness.perturb import VERSION as PERTURB_VERSION
 from harness.plan import Row, describe, measured_flops_per_second, resources, run_table
 from harness.report import rows, write_report
+from harness.retention import retention
 from harness.runs import DATA_VERSION, RunSpec, normalise, pool_spec, store_pools, tokenizer_spec
 from harness.significance import statistics
 from harness.sources import Distribution, SourceConfig, load_distribution
@@ -118,6 +119,8 @@ def _compare(cfg: DictConfig, output_dir: Path, sweep: dict[str, str]) -> Path:
         "selection_metric": cfg.selection.metric,
         "statistics": statistics(methods, evaluator.samples, evaluator.ppl_units, evaluator.headline,
                                  evaluator.groups, seed=cfg.seeds.search, higher=evaluator.higher),
+        "retention": retention(methods, evaluator.samples, evaluator.ppl_units, evaluator.headline, evaluator.groups,
+                               names=list(cfg.data.distributions), seed=cfg.seeds.search, higher=evaluator.higher),
         "chance": evaluator.chance(),
         "task_versions": {t: r["version"] for t, r in evaluator.results.items()},
         "headline_metrics": evaluator.headline,

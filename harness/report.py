@@ -48,6 +48,32 @@ def mean_columns(summary: dict[str, Any]) -> list[str]:
     return [col for col, up in higher_is_better(summary).items() if up]
 
 
+def chance_levels(summary: dict[str, Any]) -> dict[str, float]:
+    """Per task, the expected score of uniform guessing: `chance` (built-in tasks, from their test sets) and,
+    for stock multiple-choice tasks, `statistics.chance` (from the per-sample records); the first wins."""
+    return {**((summary.get("statistics") or {}).get("chance") or {}), **summary.get("chance", {})}
+
+
+def retention_columns(summary: dict[str, Any]) -> list[str]:
+    """results.csv's retention columns (none in summaries written before retention existed): the in-distribution
+    mean, each distribution's value, the perplexity-based mean, and general retention."""
+    ret = summary.get("retention")
+    if not ret:
+        return []
+    return ["retention_id", *[f"retention_id/{d}" for d in ret["basis"]], "retention_id_ppl", "retention_general"]
+
+
+def _retention_values(summary: dict[str, Any], name: str) -> dict[str, float | None]:
+    ret = summary.get("retention")
+    if not ret:
+        return {}
+    m = ret["models"].get(name) or {}
+    value = {"retention_id": m.get("in_distribution_mean"), "retention_id_ppl": m.get("in_distribution_ppl_mean"),
+             "retention_general": m.get("general")}
+    value |= {f"retention_id/{d}": (m.get("in_distribution") or {}).get(d) for d in ret["basis"]}
+    return {col: (value[col] or {}).get("value") for col in retention_columns(summary)}
+
+
 def selection_tokens(m: dict[str, Any]) -> int:
     """Forward tokens a model's selection used (`search_forward_tokens`: the name before it counted the grid's
     validation passes and RegMix's proxies too)."""
@@ -55,7 +81,7 @@ def selection_tokens(m: dict[str, Any]) -> int:
 
 
 def rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """One flat row per model: perplexities, task scores, cost (FLOPs relative to the mixing arm)."""
+    """One flat row per model: perplexities, task scores, cost (FLOPs relative to the mixing arm), retention."""
     mixing_flops = summary["methods"]["data_mixing"]["train_flops"]
     columns, averaged = score_columns(summary), mean_columns(summary)
     out = []
@@ -64,13 +90,15 @@ def rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
         row |= {f"val_ppl/{d}": v for d, v in m["val_ppl_by_dist"].items()}
         if "selection_val_ppl" in m:
             row["sel_val_ppl"] = m["selection_val_ppl"]
-        scores = {k: m["scores"][k] for k in columns}
+        scored = m.get("scored", True)  # a model left out of scoring (eval.score_models) has no scores: None
+        scores = {k: m["scores"][k] if scored else None for k in columns}
         row |= scores
-        row["mean_score"] = sum(scores[k] for k in averaged) / len(averaged) if averaged else None
+        row["mean_score"] = sum(scores[k] for k in averaged) / len(averaged) if averaged and scored else None
         device_s = m.get("train_device_s", m["train_wall_s"])
         row |= {"train_tokens": m["train_tokens"], "train_flops": m["train_flops"], "train_wall_s": m["train_wall_s"],
                 "device_h": device_s / 3600, "selection_forward_tokens": selection_tokens(m),
                 "cost_vs_mixing": m["train_flops"] / mixing_flops if mixing_flops else None}
+        row |= _retention_values(summary, name)
         out.append(row)
     return out
 
@@ -80,7 +108,7 @@ def _fmt_table(table: pd.DataFrame) -> str:
     for col in fmt.columns:
         if col.startswith(("val_ppl", "sel_val_ppl")):
             fmt[col] = fmt[col].map(lambda v: f"{v:.3g}" if v < 1e4 else f"{v:.2e}")
-        elif "/" in col or col == "mean_score":
+        elif "/" in col or col == "mean_score" or col.startswith("retention_"):
             fmt[col] = fmt[col].map(lambda v: "n/a" if v is None or v != v else f"{v:.3f}")
         elif col == "device_h":
             fmt[col] = fmt[col].map(lambda v: f"{v:.4f}")
@@ -135,6 +163,7 @@ def headline_text(summary: dict[str, Any]) -> str:
     paired = (stats_.get("paired") or {}).get("dem - data_mixing") or {}
     lines = [f"**{verdict(paired.get('mean'), 'DEM − data mixing, mean score over tasks')}**"
              if paired else "**DEM − data mixing: no per-sample statistics in this summary.**"]
+    lines += [text for text in (_separation_text(paired), _chance_text(summary)) if text]
     ppl = paired.get("val_log_ppl")
     if ppl:
         where = ("the report slice, never used for selection; whole examples resampled within each distribution"
@@ -149,6 +178,78 @@ def headline_text(summary: dict[str, Any]) -> str:
                                                  "forward passes, proxies)" if "cost_ratio_train" in summary else "")
                  + ".")
     return "\n\n".join(lines)
+
+
+def _separation_text(paired: dict[str, Any]) -> str:
+    """Which benchmarks separate the arms at this sample size (the paired DEM − data mixing CI excludes 0, i.e.
+    significant at 5%) and which are within noise: what a reader of a real-benchmark table needs first."""
+    separate, noise = [], []
+    for task, d in (paired.get("tasks") or {}).items():
+        if d["low"] is None or d["high"] is None or d["low"] <= 0 <= d["high"]:
+            noise.append(task)
+            continue
+        dem_better = (d["diff"] > 0) == d.get("higher_is_better", True)
+        separate.append(f"{task} ({'DEM' if dem_better else 'data mixing'} better: {_ci(d, 'diff')}, n = {d['n']})")
+    if not separate and not noise:
+        return ""
+    return ("Benchmarks that separate the arms at this sample size (paired DEM − data mixing, 95% CI excludes 0): "
+            + ("; ".join(separate) or "none") + ". Within noise: " + (", ".join(noise) or "none") + ".")
+
+
+def _chance_text(summary: dict[str, Any]) -> str:
+    """Every score at or below its task's chance level (the point estimate; then those above it whose CI still
+    reaches it): such a score says nothing about which model is better."""
+    chance, up = chance_levels(summary), higher_is_better(summary)
+    stats_ = (summary.get("statistics") or {}).get("scores") or {}
+    at, covers = [], []
+    for col, is_up in up.items():
+        task = col.split("/", 1)[0]
+        if task not in chance or not is_up:
+            continue
+        low_models, near_models = [], []
+        for name, m in summary["methods"].items():
+            s = stats_.get(name, {}).get(task) or {"value": m["scores"].get(col)}
+            if s.get("value") is None:
+                continue  # not scored
+            if s["value"] <= chance[task]:
+                low_models.append(f"{name} {s['value']:.3f}")
+            elif s.get("low") is not None and s["low"] <= chance[task]:
+                near_models.append(name)
+        if low_models:
+            at.append(f"{task} (chance {chance[task]:.3f}): {', '.join(low_models)}")
+        if near_models:
+            covers.append(f"{task}: {', '.join(near_models)}")
+    if not at and not covers:
+        return ""
+    text = "⚠ At or below chance (score ≤ chance level): " + ("; ".join(at) or "none") + "."
+    return text + (f" Above it, but the 95% CI reaches chance: {'; '.join(covers)}." if covers else "")
+
+
+def _retained(d: dict[str, Any] | None) -> str:
+    """'0.750 [0.600, 0.900]'; 'not run' / 'n/a' where there is no value ('∞' for an unbounded end)."""
+    if not d or d.get("value") is None:
+        return "not run" if d and str(d.get("note", "")).startswith("not run") else "n/a"
+    low, high = (f"{v:.3f}" if v is not None else "∞" for v in (d["ci_low"], d["ci_high"]))
+    return f"{d['value']:.3f} [{low}, {high}]"
+
+
+def _retention_table(summary: dict[str, Any]) -> str:
+    """Retention as merging studies report it, one row per model, with 95% CIs over items."""
+    ret = summary.get("retention")
+    if not ret:
+        return ""
+    basis = ret["basis"]
+    by_task = any(b != "val_ppl" for b in basis.values())  # else the perplexity mean is the mean itself
+    columns = [f"{d} ({b})" for d, b in basis.items()] + ["mean (normalised performance)"]
+    columns += ["val-ppl mean"] * by_task + ["general"]
+    out = ["| model | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for name, m in ret["models"].items():
+        cells = [_retained(m["in_distribution"].get(d)) for d in basis] + [_retained(m["in_distribution_mean"])]
+        cells += [_retained(m.get("in_distribution_ppl_mean"))] * by_task + [_retained(m["general"])]
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    general = ", ".join(ret.get("general_tasks", [])) or "none scored"
+    return ("## Retention, 95% CI over items\n\n" + ret.get("definition", "") + f". General benchmarks: {general}. "
+            "`not run`: the model was left out of scoring.\n\n" + "\n".join(out) + "\n\n")
 
 
 def _selection_line(name: str, m: dict[str, Any]) -> str:
@@ -174,8 +275,9 @@ def _score_table(summary: dict[str, Any]) -> str:
                                                                                        else "") for t in tasks) + " |\n"
     header += "|---|" + "---|" * len(tasks) + "\n"
     body = "".join("| " + name + " | " + " | ".join(_ci(stats_.get(name, {}).get(t)) for t in tasks) + " |\n"
-                   for name in summary["methods"] if name in stats_)
-    chance = summary.get("chance", {})
+                   if name in stats_ else f"| {name} |" + " not run |" * len(tasks) + "\n"
+                   for name, m in summary["methods"].items() if name in stats_ or not m.get("scored", True))
+    chance = chance_levels(summary)
     if chance:
         body += "| chance | " + " | ".join(f"{chance[t]:.3f}" if t in chance else "" for t in tasks) + " |\n"
     return "## Scores, 95% CI over items\n\n" + header + body + "\n"
@@ -199,7 +301,7 @@ def _paired_table(summary: dict[str, Any]) -> str:
 
 def markdown(summary: dict[str, Any], table: pd.DataFrame) -> str:
     methods = summary["methods"]
-    chance = ", ".join(f"{t} {c:.3f}" for t, c in summary["chance"].items()) or "n/a (stock tasks)"
+    chance = ", ".join(f"{t} {c:.3f}" for t, c in chance_levels(summary).items()) or "n/a (no multiple-choice task)"
     versions = ", ".join(f"{t} v{v}" for t, v in summary["task_versions"].items())
     method_note = (summary.get("statistics") or {}).get("method", "")
     selections = "\n".join(_selection_line(n, m) for n, m in methods.items()
@@ -211,7 +313,8 @@ def markdown(summary: dict[str, Any], table: pd.DataFrame) -> str:
         f"- Seed {summary['seed']}, git {summary['provenance']['git_commit']}, "
         f"harness wall time {summary['wall_s']:.0f} s\n"
         + (f"- Statistics: {method_note}\n" if method_note else "") + "\n"
-        + _other_code_text(summary) + _score_table(summary) + _paired_table(summary) + _contamination_text(summary)
+        + _other_code_text(summary) + _score_table(summary) + _paired_table(summary) + _retention_table(summary)
+        + _contamination_text(summary)
         + "## All models\n\n"
         + _slices_text(summary) +
         "task columns show each task's headline metric (every metric is in summary.json); `mean_score` is the mean "
@@ -219,7 +322,7 @@ def markdown(summary: dict[str, Any], table: pd.DataFrame) -> str:
         "training on " + summary.get("runtime", {}).get("device", "?") + "; `cost_vs_mixing` "
         "= train FLOPs ÷ the data-mixing arm's (all its runs); `base` is the shared starting point (its "
         "pre-training is not counted).\n\n"
-        + _fmt_table(table)
+        + _fmt_table(table.drop(columns=retention_columns(summary)))  # with their CIs in the retention table
     )
 
 
@@ -291,6 +394,8 @@ def plot(table: pd.DataFrame) -> bytes:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in table.itertuples(index=False):
+        if pd.isna(r.mean_score):
+            continue  # not scored
         kind = "dem" if r.model.startswith("dem") else r.model  # dem_<merge> rows are DEM merges too
         colour = {"dem": "tab:red", "data_mixing": "tab:blue", "base": "grey"}.get(kind, "tab:green")
         ax.scatter(r.train_flops, r.mean_score, s=60, color=colour)

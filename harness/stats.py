@@ -7,6 +7,8 @@ item-difficulty variance that dominates unpaired comparisons.
 - Item-level CIs and tests use the nonparametric bootstrap (Efron & Tibshirani 1993, *An Introduction to the
   Bootstrap*): resample item indices with replacement, recompute the statistic, take percentiles (ch. 13). Paired
   comparisons resample the *same* indices for both models (Koehn 2004; Berg-Kirkpatrick et al. 2012).
+- A ratio of two models' scores (retention: a model against a reference model) is bootstrapped the same way,
+  the statistic recomputed as the ratio of the resampled sums.
 - Binary accuracies can also use McNemar's test (McNemar 1947), exact binomial form on the discordant pairs.
 - Across seeds (few values, roughly normal means) the CI is Student's t.
 - Calibration is the equal-width-bin expected calibration error (Guo et al. 2017).
@@ -36,10 +38,12 @@ __all__ = [
     "choice_confidence",
     "expected_calibration_error",
     "mcnemar",
+    "mean_of_ratios",
     "paired_difference",
     "paired_log_ppl_difference",
     "paired_mean_over_tasks",
     "ppl_with_ci",
+    "ratio_of_sums",
     "t_interval",
     "win_tie_loss",
 ]
@@ -226,6 +230,93 @@ def paired_mean_over_tasks(pairs: dict[str, tuple[ArrayLike, ArrayLike]], *, n_b
     low, high = _percentile(reps, alpha)
     return {"diff": float(np.mean(diffs)), "low": low, "high": high, "p_value": _two_sided_p(reps),
             "n_tasks": len(diffs), "n": n_items, "n_boot": int(n_boot), "method": "stratified-paired-bootstrap"}
+
+
+# --------------------------------------------------------------------------------------------- ratios
+
+
+def _ratios(sums: np.ndarray, log_ratio: bool) -> np.ndarray:
+    """Σx / Σy per replicate (exp of it for a log ratio). A replicate whose Σy is 0 gives ±inf (the reference
+    scored nothing on those items), or NaN where Σx is 0 too (undefined)."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        r = sums[0] / sums[1]
+        return np.exp(r) if log_ratio else r
+
+
+def _ratio_percentile(replicates: np.ndarray, alpha: float) -> tuple[float, float]:
+    """The percentile interval of ratio replicates: undefined (NaN) replicates left out, and an end that falls
+    among infinite ones reported as infinite (unbounded) rather than as a made-up number."""
+    defined = replicates[~np.isnan(replicates)]
+    if defined.size == 0:
+        return math.nan, math.nan
+    with np.errstate(invalid="ignore"):
+        ends = _percentile(defined, alpha)  # interpolating next to an infinite replicate gives NaN: take it as is
+    nearest = np.quantile(defined, [alpha / 2, 1 - alpha / 2], method="nearest")
+    low, high = (float(n) if math.isnan(e) else e for e, n in zip(ends, nearest, strict=True))
+    return low, high
+
+
+def _ratio_part(x: Any, y: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
+    a, b = _pair(x, y, (f"{name}x", f"{name}y"))
+    if b.sum() == 0:
+        raise ValueError(f"{name}y: sums to 0, so the ratio is undefined")
+    return a, b
+
+
+def ratio_of_sums(x: ArrayLike, y: ArrayLike, *, strata: ArrayLike | None = None, log_ratio: bool = False,
+                  n_boot: int = 10_000, alpha: float = 0.05, seed: int = 0) -> dict[str, Any]:
+    """Σx ÷ Σy over the same items, with a paired bootstrap CI (each replicate resamples item indices once for x
+    and y, so the correlation of numerator and denominator stays in).
+
+    Two models' mean scores on the same items: x and y their per-item scores. A ratio of means over tasks
+    (each task counted once): x and y scaled by 1/(task size) and `strata` the task of each item, so items are
+    resampled within each task and every replicate keeps the task sizes. A perplexity ratio ppl(b) ÷ ppl(a):
+    x = nll_b − nll_a per sequence, y its token count and `log_ratio=True` (the result is exp(Σx/Σy)).
+
+    Returns {"value", "low", "high", "n", "n_boot", "method"}. Replicates whose Σy is 0 are infinite (or, with Σx
+    0 too, undefined and left out): an end of the interval among them is infinite. Σy = 0 on the data itself is
+    a ValueError."""
+    _settings(n_boot, alpha)
+    a, b = _ratio_part(x, y, "")
+    groups = _strata(strata, a.size)
+    sums = _resampled_sums(np.stack([a, b]), groups, n_boot, np.random.default_rng(seed))
+    low, high = _ratio_percentile(_ratios(sums, log_ratio), alpha)
+    value = float(a.sum() / b.sum())
+    return {"value": math.exp(value) if log_ratio else value, "low": low, "high": high, "n": int(a.size),
+            "n_boot": int(n_boot), "method": "paired-bootstrap" if groups is None else "stratified-paired-bootstrap"}
+
+
+def mean_of_ratios(parts: dict[str, tuple[ArrayLike, ArrayLike]], *, log_ratio: Sequence[str] = (),
+                   n_boot: int = 10_000, alpha: float = 0.05, seed: int = 0) -> dict[str, Any]:
+    """The unweighted mean over parts of Σx_p ÷ Σy_p (exp of it for the parts named in `log_ratio`), with a
+    stratified paired bootstrap: items resampled within each part, the same indices for x and y.
+
+    The "normalised performance" of merging papers: the mean over training distributions of a model's score
+    relative to that distribution's own fine-tune, each part built as for `ratio_of_sums`. Parts are visited in
+    sorted name order, so the result does not depend on the dict's order.
+
+    Returns {"value", "low", "high", "n_parts", "n", "n_boot", "method"}; n is the total item count."""
+    _settings(n_boot, alpha)
+    if not parts:
+        raise ValueError("parts: is empty; need at least one part")
+    unknown = sorted(set(log_ratio) - set(parts))
+    if unknown:
+        raise ValueError(f"log_ratio: names no part: {unknown}")
+    rng = np.random.default_rng(seed)
+    total, values, n_items = np.zeros(n_boot), [], 0
+    for name in sorted(parts):
+        entry = parts[name]
+        if not isinstance(entry, tuple | list) or len(entry) != 2:
+            raise ValueError(f"parts[{name!r}]: expected (x, y), the numerator and denominator per item")
+        a, b = _ratio_part(entry[0], entry[1], f"parts[{name!r}] ")
+        log = name in log_ratio
+        value = a.sum() / b.sum()
+        values.append(math.exp(value) if log else value)
+        n_items += a.size
+        total += _ratios(_resampled_means(np.stack([a, b]), n_boot, rng), log)
+    low, high = _ratio_percentile(total / len(values), alpha)
+    return {"value": float(np.mean(values)), "low": low, "high": high, "n_parts": len(values), "n": n_items,
+            "n_boot": int(n_boot), "method": "stratified-paired-bootstrap"}
 
 
 # --------------------------------------------------------------------------------------------- perplexity

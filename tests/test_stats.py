@@ -14,10 +14,12 @@ from harness.stats import (
     choice_confidence,
     expected_calibration_error,
     mcnemar,
+    mean_of_ratios,
     paired_difference,
     paired_log_ppl_difference,
     paired_mean_over_tasks,
     ppl_with_ci,
+    ratio_of_sums,
     t_interval,
     win_tie_loss,
 )
@@ -185,6 +187,68 @@ def test_paired_log_ppl_difference():
     assert noisy["ratio_low"] < noisy["ratio"] < noisy["ratio_high"]
 
 
+# ------------------------------------------------------------------------------------------- ratios (retention)
+
+
+def test_ratio_of_sums_is_the_ratio_of_means_and_pairs_the_items():
+    """A model scoring exactly half the reference on every item: 0.5 on every resample, if and only if numerator
+    and denominator are resampled together."""
+    b = bernoulli(0.7, 60, seed=3) + 1.0
+    half = ratio_of_sums(b / 2, b, n_boot=2000)
+    assert half["value"] == pytest.approx(0.5) and (half["low"], half["high"]) == pytest.approx((0.5, 0.5))
+    a = bernoulli(0.5, 60, seed=4)
+    r = ratio_of_sums(a, b, n_boot=2000, seed=1)
+    assert r["value"] == pytest.approx(a.mean() / b.mean())
+    assert r["low"] < r["value"] < r["high"] and r["n"] == 60 and r["method"] == "paired-bootstrap"
+
+
+def test_a_perplexity_ratio_is_the_inverse_of_the_paired_log_ppl_ratio():
+    """ppl(b) ÷ ppl(a) from exp(Σ(nll_b − nll_a) / Σ tokens): the same replicates as paired_log_ppl_difference
+    (same seed), so its value and ends are the inverses of that ratio's."""
+    rng = np.random.default_rng(2)
+    tokens = rng.integers(5, 40, size=80)
+    nll_a = tokens * rng.normal(2.0, 0.3, size=80)
+    nll_b = nll_a + tokens * rng.normal(0.1, 0.2, size=80)
+    mine = ratio_of_sums(nll_b - nll_a, tokens, log_ratio=True, n_boot=3000, seed=5)
+    ref = paired_log_ppl_difference(nll_a, nll_b, tokens, n_boot=3000, seed=5)
+    assert mine["value"] == pytest.approx(1 / ref["ratio"])
+    assert (mine["low"], mine["high"]) == pytest.approx((1 / ref["ratio_high"], 1 / ref["ratio_low"]))
+
+
+def test_a_ratio_of_means_over_tasks_keeps_the_task_sizes():
+    """Items weighted 1/(task size) and resampled within their task: the value is mean-over-tasks ÷
+    mean-over-tasks, and tasks whose items are all alike leave no spread."""
+    x = np.array([1.0 / 30] * 30 + [1.0 / 3] * 3)  # the model: 1.0 on each of the 30 items, 1.0 on each of the 3
+    y = np.array([0.5 / 30] * 30 + [1.0 / 3] * 3)  # the base: 0.5 on each of the 30 items, 1.0 on each of the 3
+    strata = ["big"] * 30 + ["small"] * 3
+    r = ratio_of_sums(x, y, strata=strata, n_boot=500)
+    assert r["value"] == pytest.approx((1.0 + 1.0) / (0.5 + 1.0))
+    assert (r["low"], r["high"]) == pytest.approx((r["value"], r["value"])) and r["method"].startswith("stratified")
+    pooled = ratio_of_sums(x, y, n_boot=500)  # resampled across tasks, the task sizes (and so the ratio) vary
+    assert pooled["high"] - pooled["low"] > 0.05
+
+
+def test_mean_of_ratios_by_hand_and_for_one_part():
+    a, b = bernoulli(0.5, 40, seed=6), bernoulli(0.8, 40, seed=7) + 0.5
+    one = mean_of_ratios({"d": (a, b)}, n_boot=1000, seed=2)
+    alone = ratio_of_sums(a, b, n_boot=1000, seed=2)
+    assert (one["value"], one["low"], one["high"]) == pytest.approx((alone["value"], alone["low"], alone["high"]))
+    tokens = np.array([3, 4, 5])
+    two = mean_of_ratios({"task": ([0.5, 0.5], [1.0, 1.0]), "ppl": (-0.1 * tokens, tokens)}, log_ratio=["ppl"],
+                         n_boot=500)
+    assert two["value"] == pytest.approx((0.5 + math.exp(-0.1)) / 2) and two["n_parts"] == 2 and two["n"] == 5
+    assert two["low"] == pytest.approx(two["value"]) == pytest.approx(two["high"])  # every item alike per part
+
+
+def test_a_reference_scoring_zero_on_a_resample_leaves_the_interval_unbounded():
+    """b is 0 on 4 of 5 items: about 1 replicate in 3 draws none of its 1, so Σb* = 0 there and the ratio is
+    infinite; the upper end is then infinite, not a number interpolated from infinities (NaN)."""
+    r = ratio_of_sums([1, 1, 1, 1, 1], [0, 0, 0, 0, 1], n_boot=2000)
+    assert r["value"] == 5.0 and r["high"] == math.inf and 0 < r["low"] <= 5.0
+    both = ratio_of_sums([0, 0, 0, 0, 1], [0, 0, 0, 0, 1], n_boot=2000)  # 0/0 replicates are undefined: left out
+    assert (both["value"], both["low"], both["high"]) == (1.0, 1.0, 1.0)
+
+
 # ------------------------------------------------------------------------------------------- calibration
 
 
@@ -288,6 +352,11 @@ def test_win_tie_loss():
         (lambda: choice_confidence([[0.0, 1.0]], [2]), "target[0]=2"),
         (lambda: choice_confidence([[]], [0]), "loglikelihoods[0]: is empty"),
         (lambda: choice_confidence([[0.0]], [0, 1]), "lengths 1 != 2"),
+        (lambda: ratio_of_sums([1.0], [0.0]), "y: sums to 0"),
+        (lambda: ratio_of_sums([1.0, 2.0], [1.0]), "lengths 2 != 1"),
+        (lambda: mean_of_ratios({}), "parts: is empty"),
+        (lambda: mean_of_ratios({"d": ([1.0], [1.0])}, log_ratio=["e"]), "log_ratio: names no part"),
+        (lambda: mean_of_ratios({"d": ([1.0],)}), "parts['d']: expected (x, y)"),
         (lambda: t_interval([]), "values: is empty"),
         (lambda: win_tie_loss([1.0], [1.0], tol=-1), "tol=-1"),
         (lambda: win_tie_loss([1.0, 2.0], []), "b: is empty"),
