@@ -119,10 +119,10 @@ def statistics(methods: Mapping[str, Any], samples: Mapping[str, Path], ppl_unit
         ppl[label] = finite(stats.ppl_with_ci(nll, tokens, n_boot=N_BOOT, alpha=ALPHA, seed=seed, strata=strata))
         ppl[label]["slice"] = "report"
     paired = {}
-    if "data_mixing" in items:  # every arm's row against mixing (the reference rows base/only_* are not arms)
-        for label in items:
+    if "data_mixing" in methods:  # every arm's row against mixing (the reference rows base/only_* are not arms);
+        for label in methods:      # perplexity pairs even where eval.score_models left a model's tasks unscored
             if label != "data_mixing" and label != "base" and not label.startswith("only_"):
-                paired[f"{label} - data_mixing"] = _paired(items[label], items["data_mixing"],
+                paired[f"{label} - data_mixing"] = _paired(items.get(label, {}), items.get("data_mixing", {}),
                                                            ppl_units.get(label), ppl_units.get("data_mixing"), seed,
                                                            higher)
     return {"method": METHOD, "n_boot": N_BOOT, "alpha": ALPHA, "scores": scores, "val_ppl": ppl, "paired": paired,

@@ -2,7 +2,8 @@
 # The commands behind the committed reference reports (reports/README.md). Run from the repository root after
 # `make smollm2` (or `make test`). Each writes to runs/ref/<name>/ and is timed; the reports/ folders hold copies of
 # their report.md, summary.json, results.csv and cost_quality.png (and, for sweeps, the aggregate files).
-#   bash reports/run_references.sh [smollm2-cpu|smollm2-real|default-cpu|default-cpu-seeds|baselines-cpu ...]
+#   bash reports/run_references.sh [smollm2-cpu|smollm2-real|smollm2-real-benchmarks|default-cpu|default-cpu-seeds|
+#                                   baselines-cpu ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=.venv/bin
@@ -26,6 +27,10 @@ for name in "${names[@]}"; do
     smollm2-real)  # issue 7: the real FLAN CoT / SNI / MathQA files in ../shared/data/real
       timed $name $bin/dem-bench model=smollm2 data=real budget=smollm2_cpu data.n_val=30 data.n_report=30 \
         eval.limit=100 dem.n_trials=12 cache_dir=$cache output_dir=runs/ref/$name ;;
+    smollm2-real-benchmarks)  # issue 17: smollm2-real's training, scored on real MMLU, BBH and HELM-style items
+      timed $name $bin/dem-bench model=smollm2 data=real budget=smollm2_cpu data.n_val=30 data.n_report=30 \
+        dem.n_trials=12 eval=paper_cpu hub_mirror=../shared/data/eval-mirror cache_dir=$cache \
+        output_dir=runs/ref/$name ;;
     default-cpu)  # the embedded default alone (seed 0 of default-cpu-seeds)
       timed $name $bin/dem-bench cache_dir=$cache output_dir=runs/ref/$name ;;
     default-cpu-seeds)  # issue 9: the embedded default over 3 seeds, aggregated
