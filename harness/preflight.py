@@ -80,11 +80,20 @@ def preflight(cfg: DictConfig) -> None:
     check_gen_kwargs(plain(cfg.eval.gen_kwargs))
 
     from harness.base import load_options  # heavy imports (torch, transformers) only after the schema passed
-    from harness.models import ModelSourceError, check_causal_lm, locate_hf, resolve_runtime, smollm2_gguf
+    from harness.models import (
+        ModelSourceError,
+        check_causal_lm,
+        locate_hf,
+        planned_config,
+        resolve_runtime,
+        smollm2_gguf,
+    )
 
     try:
         resolve_runtime(cfg.model.device, cfg.model.dtype)
-        if cfg.model.source == "hf":
+        if cfg.model.source == "hf" and cfg.plan_only and cfg.model.architecture is not None:
+            planned_config(cfg.model.architecture)  # a plan costs the preset's architecture: no hub needed
+        elif cfg.model.source == "hf":
             options = load_options(cfg.model)
             folder = locate_hf(cfg.model.name_or_path, cfg.model.revision, options)
             check_causal_lm(folder, cfg.model.name_or_path, options)
