@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from baselines import heuristics, regmix
 from baselines.grid import simplex_grid
 from harness import cost
-from harness.arms import ArmError, Candidate, Context, Planned, register_arm
+from harness.arms import ArmError, Candidate, Context, Planned, PlannedModel, register_arm
 from harness.cache import Entry
 from harness.runs import RunSpec
 
@@ -65,6 +65,10 @@ class Method:
     def select(self, ctx: Context, done: Mapping[str, Entry]) -> Candidate:
         raise NotImplementedError
 
+    def planned_model(self, ctx: Context, done: Mapping[str, Entry]) -> PlannedModel:
+        """The reported row before training: its runs, and no selection passes (a fixed mixture)."""
+        return PlannedModel(self.label, self.plan(ctx, done), 0)
+
 
 class Grid(Method):
     def mixtures(self, ctx: Context) -> list[dict[str, float]]:
@@ -80,6 +84,11 @@ class Grid(Method):
 
     def plan(self, ctx: Context, done: Mapping[str, Entry]) -> list[Planned]:
         return [Planned(self.label, s, "grid point") for s in self.specs(ctx)]
+
+    def planned_model(self, ctx: Context, done: Mapping[str, Entry]) -> PlannedModel:
+        """Every grid point is trained and measured once on the selection slice."""
+        runs = self.plan(ctx, done)
+        return PlannedModel(self.label, runs, len(runs))
 
     def select(self, ctx: Context, done: Mapping[str, Entry]) -> Candidate:
         specs = self.specs(ctx)
@@ -155,6 +164,10 @@ class RegMix(Method):
                                       train_tokens=self.final_tokens(ctx))]
         return [*planned, Planned(self.label, self._final(ctx, done), "full run of the predicted-best mixture")]
 
+    def planned_model(self, ctx: Context, done: Mapping[str, Entry]) -> PlannedModel:
+        """Each proxy is measured once on the selection slice, on the proxy model."""
+        return PlannedModel(self.label, self.plan(ctx, done), self.cfg.mixing.proxies, self.cfg.mixing.proxy_model)
+
     def _final(self, ctx: Context, done: Mapping[str, Entry]) -> RunSpec:
         """Measure the proxies, fit the regression, pick the mixture (once per comparison)."""
         if self.fit is None:
@@ -206,6 +219,9 @@ class MixingArm:
 
     def plan(self, ctx: Context, done: Mapping[str, Entry]) -> list[Planned]:
         return [p for m in self.methods for p in m.plan(ctx, done)]
+
+    def planned_models(self, ctx: Context, done: Mapping[str, Entry]) -> list[PlannedModel]:
+        return [m.planned_model(ctx, done) for m in self.methods]
 
     def select(self, ctx: Context, done: Mapping[str, Entry]) -> list[Candidate]:
         return [m.select(ctx, done) for m in self.methods]

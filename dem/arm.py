@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from dem.merge import get_strategy, load_strategy_file
 from dem.search import MergeSession, WorkerSpec, search_parallel, search_weights, storage_for, storage_location
 from dem.vectors import distribution_vector, dtype_name, load_vectors, save_vector
-from harness.arms import Candidate, Context, Planned, register_arm
+from harness.arms import Candidate, Context, Planned, PlannedModel, register_arm
 from harness.base import runtime_spec
 from harness.cache import Entry, spec_key
 from harness.config import strategy_params
@@ -36,6 +36,11 @@ class DemArm:
     def plan(self, ctx: Context, done: Mapping[str, Entry]) -> list[Planned]:
         """One fine-tune per distribution: the same runs as the single-distribution reference models."""
         return [Planned(self.name, ctx.run_spec({n: 1.0}), f"fine-tune on {n}") for n in ctx.names]
+
+    def planned_models(self, ctx: Context, done: Mapping[str, Entry]) -> list[PlannedModel]:
+        """`dem` and each `dem.compare` row: the same fine-tunes, each its own search of n_trials passes."""
+        runs = self.plan(ctx, done)
+        return [PlannedModel(label, runs, self.cfg.n_trials) for label in self.labels]
 
     def select(self, ctx: Context, done: Mapping[str, Entry]) -> list[Candidate]:
         singles = {n: done[ctx.run_spec({n: 1.0}).key] for n in ctx.names}

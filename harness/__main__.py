@@ -222,11 +222,15 @@ def print_plan(cfg: DictConfig) -> None:
     from harness.arms import make_arm
     from harness.cache import RunCache
     from harness.mirror import hub_mirror
-    from harness.pipeline import load_data, make_context, plan_text
+    from harness.pipeline import make_context, plan_text
+    from harness.plan import plan_splits, slice_tokens
 
     with hub_mirror(cfg.hub_mirror):
-        splits = load_data(cfg)
+        splits, unread = plan_splits(cfg)  # data that cannot be read is planned from the config's row counts
+        if unread:
+            print(unread)
         ctx = make_context(cfg, RunCache(cfg.cache_dir), Path(cfg.output_dir), splits, build=False)
+        ctx.slice_tokens = slice_tokens(splits, cfg.budget.seq_len)
         print(plan_text(ctx, [make_arm(name, cfg) for name in cfg.arms], done={}))
 
 
@@ -244,18 +248,31 @@ def print_sweep_plan(configs: list[DictConfig], swept: list[str]) -> None:
     from harness.arms import make_arm
     from harness.cache import RunCache
     from harness.mirror import hub_mirror
-    from harness.pipeline import all_planned, load_data, make_context, plan_text
-    from harness.plan import _duration, measured_flops_per_second
+    from harness.pipeline import all_planned, make_context, plan_text
+    from harness.plan import (
+        _duration,
+        measured_flops_per_second,
+        model_costs,
+        plan_splits,
+        slice_tokens,
+        sweep_hours_text,
+    )
 
     todo: dict[tuple[str, str], tuple[int, float]] = {}  # (cache, run key) -> (tokens, FLOPs) of runs to train
+    costs = []  # per job: its config, cache and every reported model's compute (device-hours)
     rate, how, device = 0.0, "", ""
     for k, (cfg, values) in enumerate(zip(configs, swept, strict=True), 1):
         with hub_mirror(cfg.hub_mirror):
             cache = RunCache(cfg.cache_dir)
-            ctx = make_context(cfg, cache, Path(cfg.output_dir), load_data(cfg), build=False)
+            splits, unread = plan_splits(cfg)
+            ctx = make_context(cfg, cache, Path(cfg.output_dir), splits, build=False)
+            ctx.slice_tokens = slice_tokens(splits, cfg.budget.seq_len)
             arms = [make_arm(name, cfg) for name in cfg.arms]
             print(f"sweep job {k} of {len(configs)} ({values or 'no swept values'}):")
+            if unread:
+                print(unread)
             print(plan_text(ctx, arms, done={}))
+            costs.append((cfg, str(cache.root), model_costs(ctx, arms, {})[0]))
             for i, p in enumerate(all_planned(ctx, arms, {})):
                 if p.spec is not None and cache.has("train", p.spec.cache_spec()):
                     continue
@@ -271,6 +288,7 @@ def print_sweep_plan(configs: list[DictConfig], swept: list[str]) -> None:
     print(f"sweep: {len(configs)} job(s), {len(todo)} distinct training run(s) to train (a run several jobs share "
           f"counted once): {tokens:,} tokens, {flops:.3g} FLOPs, ≈ {_duration(flops / rate)} at {rate:.3g} FLOP/s "
           f"on {device} ({how}); nothing was created (plan_only=true)")
+    print(sweep_hours_text(costs))
 
 
 def sweep_jobs(overrides: list[str]) -> list[tuple[list[str], str]]:

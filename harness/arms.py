@@ -13,6 +13,10 @@ The contract (both methods are called with `done`, the finished training runs so
   after each round of training until it names nothing new; the first call's answer is the printed plan.
 * `select(ctx, done) -> list[Candidate]` — once every planned run is done: the arm's reported model(s), each with
   every run it is charged for and the forward tokens its selection used.
+* `planned_models(ctx, done) -> list[PlannedModel]` (optional) — before any training: the model(s) `select` will
+  report, each with the runs it will be charged for and the passes its selection will make over the selection
+  slice, so the plan can cost training, search and evaluation per arm. An arm without it is costed as one model,
+  its planned runs, and no selection passes (the plan says so).
 """
 
 from __future__ import annotations
@@ -43,6 +47,18 @@ class Planned:
     note: str = ""  # what the run is for (e.g. "grid point", "proxy 3/12", "full run of the predicted mixture")
     train_tokens: int = 0  # for a placeholder: the tokens it will train on (so the plan can cost it)
     flops: float | None = None  # its training FLOPs when not the compared model's (a RegMix proxy model's)
+
+
+@dataclass(frozen=True)
+class PlannedModel:
+    """A model an arm will report, as the plan sees it before training: its row label, every run it will be charged
+    for, and the forward passes its selection makes over the selection slice (DEM: one per search trial, an upper
+    bound where trials are pruned; a grid: one per point; RegMix: one per proxy, on `selection_model`)."""
+
+    label: str
+    runs: list[Planned]
+    selection_passes: int
+    selection_model: str | None = None  # the `model` preset those passes run on; None: the compared model
 
 
 @dataclass
@@ -86,6 +102,8 @@ class Context:
     measure_report: Callable[[str, Callable[[], Any]], dict[str, Any]] | None = None  # on the report slice only
     load: Callable[[Path], Any] | None = None  # open a saved model on the comparison's device
     for_model: Callable[[str], Context] | None = None  # the same context for another `model` preset (proxies)
+    slice_tokens: dict[str, int] = field(default_factory=dict)  # a plan before tokenising: estimated forward
+    # tokens of one pass over the selection and the report slice ({"selection": n, "report": n})
 
 
 class Arm(Protocol):

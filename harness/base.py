@@ -13,7 +13,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness.cache import RunCache, spec_key
 from harness.data import GENERATORS, generate_splits, generic_corpus
-from harness.models import LoadOptions, Runtime, convert_smollm2, fingerprint_folder, locate_hf, smollm2_gguf
+from harness.models import (
+    LoadOptions,
+    ModelSourceError,
+    Runtime,
+    convert_smollm2,
+    fingerprint_folder,
+    locate_hf,
+    smollm2_gguf,
+)
 from harness.runs import DATA_VERSION, TRAIN_VERSION
 from harness.tokens import TOKENIZE_VERSION
 
@@ -46,7 +54,7 @@ def _built(cfg: DictConfig, runtime: Runtime) -> tuple[dict[str, Any], Callable[
                 "base (SmolLM2 from GGUF)")
     seed = cfg.seeds.train  # the tiny base's corpus, tokenizer, init and pre-training follow the training seed
     arch = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items()
-            if k not in ("device", "dtype", "gradient_checkpointing")}
+            if k not in ("device", "dtype", "gradient_checkpointing", "architecture")}  # hf presets' only
 
     def build(folder: Path) -> dict[str, Any]:
         from harness.training import pretrain  # heavy: transformers' Trainer
@@ -71,7 +79,16 @@ def prepare_base(cfg: DictConfig, cache: RunCache, runtime: Runtime, build: bool
             return Base(cache.root / "base" / key, key, {"source": cfg.model.source}, cache.has("base", spec))
         entry = cache.get_or_create("base", spec, builder, label)
         return Base(entry.path, entry.record["key"], entry.record, entry.hit)
-    folder = locate_hf(cfg.model.name_or_path, cfg.model.revision, load_options(cfg.model))
+    options = load_options(cfg.model)
+    if not build and cfg.model.architecture is not None:  # a plan: the HF cache or a folder, never the hub
+        try:
+            folder = locate_hf(cfg.model.name_or_path, cfg.model.revision, options, local_only=True)
+        except ModelSourceError:  # costed from the preset's architecture (harness/plan.py says so)
+            spec = {"source": "hf", "name_or_path": cfg.model.name_or_path, "revision": cfg.model.revision}
+            key = spec_key("base", {**spec, "located": False})
+            return Base(cache.root / "base" / key, key, {**spec, "located": False}, hit=False)
+    else:
+        folder = locate_hf(cfg.model.name_or_path, cfg.model.revision, options)
     fingerprint = fingerprint_folder(folder)
     record = {"source": "hf", "name_or_path": cfg.model.name_or_path, "revision": cfg.model.revision,
               "folder": str(folder), "fingerprint": fingerprint, "train_tokens": 0}

@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import MISSING, SI, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from harness.accelerators import ACCELERATORS
 from harness.errors import HarnessError
 from harness.sources import SourceConfig, check_source
 
@@ -58,6 +59,9 @@ class ModelConfig:
     pretrain_seq_len: int | None = None
     pretrain_batch_size: int | None = None
     generic_docs: int | None = None  # documents in the generic pre-training corpus
+    # hf: the checkpoint's config.json fields (model_type, hidden_size, …), so plan_only can cost the model
+    # without the hub; the real config.json wins wherever the checkpoint can be found. Typed Any: a dict or null
+    architecture: Any = None
 
 
 @dataclass
@@ -137,12 +141,25 @@ class HelmConfig:
 
 
 @dataclass
+class TaskCost:
+    """What scoring one lm-eval task costs per model, stated in the eval preset for plan_only's estimate."""
+
+    n_items: int = MISSING  # documents scored with eval.limit=null (a group: all its subtasks together)
+    prompt_tokens: int = MISSING  # mean tokens one request feeds: few-shot exemplars, the item, the continuation
+    requests: float = 1.0  # mean forward passes per item (lm-eval: one per choice unless all are one token long)
+    generated_tokens: int = 0  # generation tasks: mean tokens generated per item
+    subtasks: int = 1  # a group's subtasks (eval.limit applies to each)
+    perturbed: bool = False  # scored a second time when eval.helm.robustness (single-prompt multiple choice)
+
+
+@dataclass
 class EvalConfig:
     tasks: list[str] = MISSING  # built-in tasks and/or any lm-eval task or group name (mmlu, bbh_fewshot, drop, …)
     num_fewshot: Any = None  # None = each task's default | an int for every task | {task or group: shots}
     limit: Any = None  # docs per task (per subtask of a group); None = all; {task: int} per listed task
     batch_size: int = 32
     gen_kwargs: Any = None  # generation tasks: a dict passed to lm-eval, e.g. {max_gen_toks: 64}
+    cost: dict[str, TaskCost] = field(default_factory=dict)  # per task: items and prompt lengths (plan_only)
     helm: HelmConfig = field(default_factory=HelmConfig)
     allow_contamination: bool = False  # true: train even when a source holds scored test documents (flagged)
     score_models: list[str] | None = None  # models scored on eval.tasks; None = every model (base, only_*, arms)
@@ -188,6 +205,16 @@ class ExecutorConfig:
 
 
 @dataclass
+class PlanConfig:
+    """What the plan's device-hours assume: FLOPs ÷ (the accelerator's peak × mfu)."""
+
+    accelerator: str = "h100"  # h100 | h100_pcie | h200 | a100 (harness/accelerators.py: data-sheet peaks)
+    # Model FLOP utilisation: the Llama 3 paper reports 38-43% BF16 MFU training on H100s (Dubey et al. 2024,
+    # arXiv 2407.21783, Table 4); PaLM 46.2% on TPU v4 (Chowdhery et al. 2022, Table 3)
+    mfu: float = 0.4
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -200,6 +227,7 @@ class Config:
     arms: list[str] = field(default_factory=lambda: ["data_mixing", "dem"])  # compared, in report order
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     plan_only: bool = False  # print the plan (every run, cached or not, estimated cost) and exit: writes nothing
+    plan: PlanConfig = field(default_factory=PlanConfig)
     seed: int = 0
     seeds: SeedsConfig = field(default_factory=SeedsConfig)
     output_dir: str = MISSING
@@ -295,6 +323,11 @@ def validate(cfg: DictConfig) -> DictConfig:
     need(c.model.device in DEVICES or c.model.device.startswith("cuda:"), "model.device",
          f"allowed: {', '.join(DEVICES)} (or cuda:N)")
     need(c.model.dtype in DTYPES, "model.dtype", one_of(DTYPES, c.model.dtype))
+    need(c.model.architecture is None or (isinstance(c.model.architecture, DictConfig)
+         and "model_type" in c.model.architecture), "model.architecture",
+         "must be null or a mapping of config.json fields with model_type (e.g. {model_type: llama, …})")
+    need(c.plan.accelerator in ACCELERATORS, "plan.accelerator", one_of(tuple(ACCELERATORS), c.plan.accelerator))
+    need(0 < c.plan.mfu <= 1, "plan.mfu", "must be in (0, 1]: the fraction of the accelerator's peak FLOP/s reached")
 
     if c.hub_mirror and not Path(c.hub_mirror).expanduser().is_dir():  # before any file under it is looked for
         problems.append(missing_folder("hub_mirror", c.hub_mirror))
@@ -369,6 +402,10 @@ def validate(cfg: DictConfig) -> DictConfig:
             problems.append(str(err))
     need(c.eval.batch_size > 0, "eval.batch_size", "must be a positive integer")
     need(c.tracking.mode in TRACKING_MODES, "tracking.mode", one_of(TRACKING_MODES, c.tracking.mode))
+    for task, tc in c.eval.cost.items():
+        need(tc.n_items > 0 and tc.prompt_tokens > 0 and tc.requests >= 1 and tc.subtasks >= 1
+             and tc.generated_tokens >= 0, f"eval.cost.{task}",
+             "n_items, prompt_tokens, requests and subtasks must be positive, generated_tokens >= 0")
 
     if problems:
         raise ConfigError("; ".join(problems))

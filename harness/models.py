@@ -215,9 +215,10 @@ def _hub_hint(err: Exception) -> str:
     return text[:160] + ("…" if len(text) > 160 else "")
 
 
-def locate_hf(name_or_path: str, revision: str | None, options: LoadOptions) -> Path:
+def locate_hf(name_or_path: str, revision: str | None, options: LoadOptions, local_only: bool = False) -> Path:
     """A local folder holding the checkpoint: the folder itself, or the hub snapshot (downloaded, or from the HF
-    cache when offline). Raises ModelSourceError with one line saying what to do."""
+    cache when offline; `local_only`: from the HF cache only, the hub never contacted). Raises ModelSourceError
+    with one line saying what to do."""
     local = Path(name_or_path).expanduser()
     if local.is_dir():
         if not (local / "config.json").is_file():
@@ -232,7 +233,8 @@ def locate_hf(name_or_path: str, revision: str | None, options: LoadOptions) -> 
         patterns = ["*.json", "*.model", "*.txt", "*.py"] + (["*.safetensors"] if options.use_safetensors
                                                              else ["*.safetensors", "*.bin"])
         try:
-            folder = Path(snapshot_download(name_or_path, revision=revision, allow_patterns=patterns))
+            folder = Path(snapshot_download(name_or_path, revision=revision, allow_patterns=patterns,
+                                            local_files_only=local_only))
         except Exception as err:
             raise ModelSourceError(f"model.name_or_path={name_or_path}: not a local folder, and the hub has no "
                                    f"such model or cannot be reached ({_hub_hint(err)}); offline, point it at a "
@@ -257,6 +259,24 @@ def _check_loadable(folder: Path, name: str, options: LoadOptions) -> None:
     if options.use_safetensors and not list(folder.glob("*.safetensors")):
         raise ModelSourceError(f"model.name_or_path={name}: no *.safetensors weights (only pickled ones?); set "
                                "model.use_safetensors=false only for a checkpoint you trust")
+
+
+def planned_config(architecture: Any) -> Any:
+    """The transformers config a preset's `model.architecture` (its checkpoint's config.json fields) describes,
+    checked to build a causal LM on the meta device, so plan_only can cost a model it cannot download."""
+    from omegaconf import OmegaConf
+    from transformers import AutoConfig
+
+    fields = OmegaConf.to_container(architecture) if OmegaConf.is_config(architecture) else dict(architecture)
+    model_type = fields.pop("model_type", None)
+    try:
+        config = AutoConfig.for_model(model_type, **fields)
+        with torch.device("meta"):
+            AutoModelForCausalLM.from_config(config)
+    except Exception as err:  # unknown model_type (ValueError), bad sizes (any type): one line either way
+        raise ModelSourceError(f"model.architecture: does not build a causal LM ({type(err).__name__}: "
+                               f"{_hub_hint(err)})") from None
+    return config
 
 
 def check_causal_lm(folder: Path, name: str, options: LoadOptions) -> None:

@@ -40,10 +40,10 @@ from harness.evaluation import (
 )
 from harness.executor import make_executor
 from harness.mirror import hub_mirror
-from harness.models import DTYPES, load_model, load_tokenizer, resolve_runtime
+from harness.models import DTYPES, load_model, load_tokenizer, planned_config, resolve_runtime
 from harness.perplexity import perplexity, selection_score, sums_of
 from harness.perturb import VERSION as PERTURB_VERSION
-from harness.plan import Row, describe, measured_flops_per_second, resources, run_table
+from harness.plan import Row, describe, device_hours_text, measured_flops_per_second, resources, run_table
 from harness.report import rows, write_report
 from harness.retention import retention
 from harness.runs import DATA_VERSION, RunSpec, normalise, pool_spec, store_pools, tokenizer_spec
@@ -240,6 +240,8 @@ def planned_model_config(cfg: DictConfig, base_path: Path, options: Any) -> Any:
     tokenizer may come out a few hundred tokens smaller than `vocab_size`)."""
     if (base_path / "config.json").exists():
         return AutoConfig.from_pretrained(base_path, trust_remote_code=options.trust_remote_code)
+    if cfg.model.architecture is not None:  # an hf preset not found locally: its stated config.json fields
+        return planned_config(cfg.model.architecture)
     if cfg.model.source == "tiny":
         m = cfg.model
         return LlamaConfig(vocab_size=m.vocab_size, hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
@@ -285,8 +287,9 @@ def plan_text(ctx: Context, arms: list[Arm], done: Mapping[str, Entry]) -> str:
                        seq_len=ctx.cfg.budget.seq_len, gradient_checkpointing=ctx.cfg.model.gradient_checkpointing,
                        n_vectors=len(ctx.names), vector_dtype=vector_dtype, vectors_on=dem.vectors_on,
                        n_new_checkpoints=sum(not r.cached for r in table), n_new_vectors=len(ctx.names),
-                       cache_root=ctx.cache.root)
-    return run_table(table, rate, how) + "\n" + describe(budget, ctx.runtime.name)
+                       cache_root=ctx.cache.root, check_disk=not ctx.cfg.plan_only)
+    return "\n".join([run_table(table, rate, how), describe(budget, ctx.runtime.name),
+                      device_hours_text(ctx, arms, done)])
 
 
 def train_planned(ctx: Context, arms: list[Arm]) -> dict[str, Entry]:

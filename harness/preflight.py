@@ -80,12 +80,21 @@ def preflight(cfg: DictConfig) -> None:
     check_gen_kwargs(plain(cfg.eval.gen_kwargs))
 
     from harness.base import load_options  # heavy imports (torch, transformers) only after the schema passed
-    from harness.models import ModelSourceError, check_causal_lm, locate_hf, resolve_runtime, smollm2_gguf
+    from harness.models import (
+        ModelSourceError,
+        check_causal_lm,
+        locate_hf,
+        planned_config,
+        resolve_runtime,
+        smollm2_gguf,
+    )
 
     folder = None
     try:
         resolve_runtime(cfg.model.device, cfg.model.dtype)
-        if cfg.model.source == "hf":
+        if cfg.model.source == "hf" and cfg.plan_only and cfg.model.architecture is not None:
+            planned_config(cfg.model.architecture)  # a plan costs the preset's architecture: no hub needed
+        elif cfg.model.source == "hf":
             options = load_options(cfg.model)
             folder = locate_hf(cfg.model.name_or_path, cfg.model.revision, options)
             check_causal_lm(folder, cfg.model.name_or_path, options)
@@ -296,7 +305,11 @@ def model_context_length(cfg: DictConfig, hf_folder: Path | None = None) -> int:
 
     if cfg.model.source == "tiny":
         return int(cfg.model.max_seq_len)
-    if hf_folder is not None:
+    if cfg.model.source == "hf" and hf_folder is None and cfg.model.architecture is not None:
+        from harness.models import planned_config  # a plan: the preset's stated architecture, no hub
+
+        config = planned_config(cfg.model.architecture)
+    elif hf_folder is not None:
         config = AutoConfig.from_pretrained(hf_folder, trust_remote_code=cfg.model.trust_remote_code)
     else:
         from harness.models import smollm2_gguf

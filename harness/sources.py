@@ -72,6 +72,7 @@ class SourceConfig:
     response_field: str = "response"  # text: the column holding the response (the loss is on it)
     response_prefix: str = " "  # text: put between prompt and response (part of the response, so of the loss)
     n_positive_examples: int = 2  # sni: task demonstrations in the prompt (Tk-Instruct's default, def + pos 2)
+    tokens_per_row: int | None = None  # plan_only: mean tokens of a formatted row, assumed when the rows cannot be read
 
 
 @dataclass(frozen=True)
@@ -620,7 +621,8 @@ def check_source(name: str, source: SourceConfig, *, peek: bool = True) -> list[
     except SourceError as err:
         return [f"{key}.format: {err}"]
     problems = [f"{key}.{k}={getattr(source, k)}: must be a positive integer or null"
-                for k in ("n_train", "n_val", "n_report") if getattr(source, k) is not None and getattr(source, k) < 1]
+                for k in ("n_train", "n_val", "n_report", "tokens_per_row")
+                if getattr(source, k) is not None and getattr(source, k) < 1]
     if source.n_positive_examples < 0:
         problems.append(f"{key}.n_positive_examples={source.n_positive_examples}: must be >= 0")
     if fmt.format_row is None:
