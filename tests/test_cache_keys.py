@@ -27,7 +27,7 @@ def _keys(tmp: Path, base: Path, overrides: list[str]) -> dict[str, str]:
     run = ctx.run_spec({"mathqa": 1.0})
     return {"base": ctx.base.key, "pools": run.pools["mathqa"], "train": run.key,
             "selection ppl / search": spec_key("ppl", ctx.data_spec), "report ppl": spec_key("ppl", ctx.report_spec),
-            "eval": spec_key("eval", Evaluator(ctx, splits).spec)}
+            "eval": spec_key("eval", Evaluator(ctx, splits).specs)}  # any task's entry
 
 
 @pytest.mark.parametrize(("override", "changed"), [
@@ -48,6 +48,25 @@ def test_an_option_changes_exactly_the_keys_of_the_results_it_changes(micro_base
     before = _keys(tmp_path / "a", base, [])
     after = _keys(tmp_path / "b", base, [override])
     assert {e for e in ENTRIES if before[e] != after[e]} == changed
+
+
+def test_evaluation_is_keyed_per_task(micro_base, tmp_path):
+    """One task's limit or shots re-keys that task's evaluation entry only; the others are reused."""
+    def specs(sub: str, overrides: list[str]) -> dict[str, str]:
+        out = tmp_path / sub / "out"
+        cfg = validate(compose_cfg([*MICRO, "model=hf", f"model.name_or_path={micro_base[0]}", "model.device=cpu",
+                                    f"output_dir={out}", f"cache_dir={tmp_path / sub / 'cache'}", *overrides]))
+        splits = load_data(cfg)
+        ctx = make_context(cfg, RunCache(cfg.cache_dir), out, splits, build=False)
+        return {t: spec_key("eval", spec) for t, spec in Evaluator(ctx, splits).specs.items()}
+
+    before = specs("a", [])
+    assert set(before) == {"mathqa_mc", "sni_mc", "cot_mc", "drop_mc", "bbh_object_counting"}
+    for sub, override, changed in [("b", "eval.limit={sni_mc: 5}", {"sni_mc"}),
+                                   ("c", "eval.num_fewshot={cot_mc: 1}", {"cot_mc"}),
+                                   ("d", "eval.gen_kwargs={max_gen_toks: 8}", set())]:  # no generation task here
+        after = specs(sub, [override])
+        assert {t for t in before if before[t] != after[t]} == changed, override
 
 
 def test_regmix_selection_randomness_follows_seeds_search_not_seeds_train(micro_base, tmp_path):
