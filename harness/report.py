@@ -302,7 +302,10 @@ def _paired_table(summary: dict[str, Any]) -> str:
 def markdown(summary: dict[str, Any], table: pd.DataFrame) -> str:
     methods = summary["methods"]
     chance = ", ".join(f"{t} {c:.3f}" for t, c in chance_levels(summary).items()) or "n/a (no multiple-choice task)"
-    versions = ", ".join(f"{t} v{v}" for t, v in summary["task_versions"].items())
+    every = summary["task_versions"]  # every task and subtask: a group's 57 subjects would swamp the line
+    listed = [t for t in (summary.get("headline_metrics") or every) if every.get(t) is not None]
+    versions = ", ".join(f"{t} v{every[t]}" for t in listed) + (
+        f" (the {len(every) - len(listed)} subtasks' versions: summary.json)" if len(every) > len(listed) else "")
     method_note = (summary.get("statistics") or {}).get("method", "")
     selections = "\n".join(_selection_line(n, m) for n, m in methods.items()
                            if n == "data_mixing" or n.startswith(("dem", "mixing_")))
