@@ -70,3 +70,31 @@ def test_group_names_match_the_conf_tree():
 
     assert sorted(GROUPS) == sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())
     assert all(presets(g) for g in GROUPS)
+
+
+def test_the_paper_cpu_preset_resolves_and_validates_against_a_mirror_of_its_datasets(tmp_path):
+    """eval=paper_cpu on a hub mirror in miniature (every MMLU subject, every BBH subtask, BoolQ, OpenBookQA,
+    TruthfulQA): its task names, shots, per-task limits and score_models validate, every file its tasks read is
+    checked, and its bounded BBH generation fits the model's context."""
+    from harness.evaluation import generation_limits, resolve_tasks, task_datasets
+    from harness.preflight import check_data_files, check_generation_lengths
+    from tests.conftest import MICRO
+    from tests.fixtures_hub import write_mirror
+
+    mirror = write_mirror(tmp_path / "mirror", every_mmlu_subject=True)
+    cfg = validate(compose_cfg([*MICRO, "eval=paper_cpu", f"hub_mirror={mirror}", f"output_dir={tmp_path / 'o'}",
+                                f"cache_dir={tmp_path / 'c'}"]))
+    tasks = list(cfg.eval.tasks)
+    assert tasks == ["mmlu", "bbh_fewshot", "boolq", "openbookqa", "truthfulqa_mc1"]
+    assert resolve_tasks(tasks).stock == tuple(tasks)
+    assert set(cfg.eval.limit) == set(tasks) and all(v > 0 for v in cfg.eval.limit.values())
+    assert list(cfg.eval.score_models) == ["base", "data_mixing", "dem"]
+    assert dict(cfg.eval.num_fewshot) == {"mmlu": 5, "bbh_fewshot": 3}
+    subjects = {d.name for d in task_datasets(["mmlu"])}
+    assert len(subjects) == 57 and all((mirror / "cais/mmlu" / s / "test.jsonl").exists() for s in subjects)
+    assert set(generation_limits(["bbh_fewshot"], dict(cfg.eval.gen_kwargs)).values()) == {32}  # all 27 subtasks
+    check_data_files(cfg)  # every mirrored file the five tasks read, line by line
+    check_generation_lengths(cfg)  # 32 new tokens < the micro model's 256
+    with pytest.raises(ConfigError, match=r"eval\.score_models: no arm produces 'only_mathqa'"):
+        validate(compose_cfg([*MICRO, "eval=paper_cpu", "data.distributions=[sni,cot]", f"hub_mirror={mirror}",
+                              "eval.score_models=[base,only_mathqa]"]))
