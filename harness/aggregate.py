@@ -254,7 +254,7 @@ def aggregate(summaries: Sequence[dict[str, Any]]) -> pd.DataFrame:
     metrics = [*score_columns(summaries[0]), "mean_score"]
     lower = frozenset(c for c, up in higher_is_better(summaries[0]).items() if not up)
     long = _long(summaries, keys)
-    retention = [c for c in long.columns if c.startswith("retention_")]
+    retention = [c for c in long.columns if c.startswith("retention_") and ".ci_" not in c]  # not per-run CIs
     out = []
     for group in sorted(dict.fromkeys(long["_group"]), key=lambda g: [_order(v) for v in g]):
         runs = long[[g == group for g in long["_group"]]]  # not `== group`: pandas reads a tuple as a column

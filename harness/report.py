@@ -54,13 +54,15 @@ def chance_levels(summary: dict[str, Any]) -> dict[str, float]:
     return {**((summary.get("statistics") or {}).get("chance") or {}), **summary.get("chance", {})}
 
 
-def retention_columns(summary: dict[str, Any]) -> list[str]:
+def retention_columns(summary: dict[str, Any], with_ci: bool = True) -> list[str]:
     """results.csv's retention columns (none in summaries written before retention existed): the in-distribution
-    mean, each distribution's value, the perplexity-based mean, and general retention."""
+    mean, each distribution's value, the perplexity-based mean, and general retention — each followed by its 95%
+    CI bounds `<col>.ci_low` / `<col>.ci_high` (with_ci)."""
     ret = summary.get("retention")
     if not ret:
         return []
-    return ["retention_id", *[f"retention_id/{d}" for d in ret["basis"]], "retention_id_ppl", "retention_general"]
+    cols = ["retention_id", *[f"retention_id/{d}" for d in ret["basis"]], "retention_id_ppl", "retention_general"]
+    return [c for col in cols for c in ([col, f"{col}.ci_low", f"{col}.ci_high"] if with_ci else [col])]
 
 
 def _retention_values(summary: dict[str, Any], name: str) -> dict[str, float | None]:
@@ -71,7 +73,11 @@ def _retention_values(summary: dict[str, Any], name: str) -> dict[str, float | N
     value = {"retention_id": m.get("in_distribution_mean"), "retention_id_ppl": m.get("in_distribution_ppl_mean"),
              "retention_general": m.get("general")}
     value |= {f"retention_id/{d}": (m.get("in_distribution") or {}).get(d) for d in ret["basis"]}
-    return {col: (value[col] or {}).get("value") for col in retention_columns(summary)}
+    out = {}
+    for col in retention_columns(summary, with_ci=False):
+        got = value[col] or {}
+        out |= {col: got.get("value"), f"{col}.ci_low": got.get("ci_low"), f"{col}.ci_high": got.get("ci_high")}
+    return out
 
 
 def selection_tokens(m: dict[str, Any]) -> int:

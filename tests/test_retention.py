@@ -230,10 +230,12 @@ def test_report_has_the_retention_table_and_a_headline_that_names_what_separates
     assert "| chance | 0.200 | 0.250 | 0.500 |  |  |" in report  # the scores table's chance row: stock ones too
     csv = pd.read_csv(io.BytesIO(files["results.csv"]))
     by_model = csv.set_index("model")
-    assert list(csv.columns[-5:]) == ["retention_id", "retention_id/mathqa", "retention_id/sni", "retention_id_ppl",
-                                      "retention_general"]
+    names = ["retention_id", "retention_id/mathqa", "retention_id/sni", "retention_id_ppl", "retention_general"]
+    assert list(csv.columns[-15:]) == [c for n in names for c in (n, f"{n}.ci_low", f"{n}.ci_high")]
     assert by_model.loc["dem", "retention_id/mathqa"] == pytest.approx(0.75)
     assert by_model.loc["dem", "retention_general"] == pytest.approx(1.875)
+    assert by_model.loc["dem", "retention_general.ci_low"] == pytest.approx(dem["general"]["ci_low"])
+    assert by_model.loc["dem", "retention_general.ci_high"] == pytest.approx(dem["general"]["ci_high"])
     assert pd.isna(by_model.loc["dem_ties", "retention_id"]) and pd.isna(by_model.loc["dem_ties", "retention_general"])
     assert by_model.loc["dem_ties", "retention_id_ppl"] > 0
     assert "retention_id" not in report.split("## All models")[1]  # the CIs are in the retention table
