@@ -159,12 +159,6 @@ def lora_params(config: PretrainedConfig, r: int, target_modules: list[str]) -> 
     return _lora_params_cached(_ByContent(config), r, tuple(target_modules))
 
 
-def linear_module_names(config: PretrainedConfig) -> list[str]:
-    """The distinct short names of the model's nn.Linear modules (what training.lora.target_modules can name)."""
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(copy.deepcopy(config))
-    return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
-
 
 def layer_activation_bytes(config: PretrainedConfig, *, dtype: torch.dtype, batch_size: int, seq_len: int) -> int:
     """Bytes one decoder layer keeps for its backward pass (Korthikanti et al. 2022, "Reducing Activation
