@@ -17,11 +17,12 @@ from omegaconf import DictConfig
 from dem.merge import get_strategy, load_strategy_file
 from dem.search import MergeSession, WorkerSpec, search_parallel, search_weights, storage_for, storage_location
 from dem.vectors import distribution_vector, dtype_name, load_vectors, save_vector
+from harness import lora
 from harness.arms import Candidate, Context, Planned, PlannedModel, register_arm
 from harness.base import runtime_spec
 from harness.cache import Entry, spec_key
 from harness.config import strategy_params
-from harness.models import DTYPES, Runtime, copy_params, load_model
+from harness.models import CPU_FP32, DTYPES, Runtime, copy_params, load_model
 from harness.report import write_atomic
 
 
@@ -65,8 +66,11 @@ class DemArm:
         manifest = {}
         for n, run in singles.items():
             def write(folder: Path, n: str = n, run: Entry = run) -> dict[str, Any]:
-                theta0 = copy_params(load_model(ctx.base.path, host, ctx.options))
-                delta = distribution_vector(theta0, copy_params(load_model(run.path, host, ctx.options)))
+                if lora.is_adapter(run.path):  # Δ = scale·B·A on each adapted weight, exactly (no θ − θ₀ rounding)
+                    delta = lora.dense_vector(load_model(ctx.base.path, CPU_FP32, ctx.options), run.path)
+                else:
+                    theta0 = copy_params(load_model(ctx.base.path, host, ctx.options))
+                    delta = distribution_vector(theta0, copy_params(load_model(run.path, host, ctx.options)))
                 return {"distribution": n, **save_vector(delta, folder / "vector.safetensors", dtype)}
 
             entry = ctx.cache.get_or_create("vector", {"base": ctx.base.key, "run": run.record["key"],

@@ -94,6 +94,7 @@ class Context:
     score: Callable[[Mapping[str, Any]], float]  # the selection metric of a perplexity record (lower is better)
     train_flops: Callable[[int], float]  # training FLOPs of `tokens` tokens at the budget's sequence length
     model_config: Any = None  # the base's transformers config (cost estimates)
+    adapter_params: int | None = None  # training.method=lora: parameters of one run's adapters (None: full)
     tracker: Any = None  # harness.tracking.Tracker
     tokenizer: Any = None
     val: dict[str, Any] = field(default_factory=dict)  # the selection slice's packed blocks per distribution

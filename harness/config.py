@@ -28,6 +28,7 @@ TINY_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "nu
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16")
 TRACKING_MODES = ("offline", "online", "disabled")
+TRAINING_METHODS = ("full", "lora")
 
 
 class ConfigError(HarnessError, ValueError):
@@ -87,6 +88,26 @@ class BudgetConfig:
     grad_accum_steps: int = 1  # effective batch = batch_size x grad_accum_steps x processes (recorded per run)
     mode: str = "per_run"  # per_run: every full run gets train_tokens | matched_total: each mixing method's runs
     # are scaled so its total training FLOPs equal the DEM arm's
+
+
+@dataclass
+class LoraSettings:
+    """LoRA's settings (Hu et al. 2021, arXiv 2106.09685), passed to peft's LoraConfig unchanged."""
+
+    r: int = 16  # rank of each adapter: trained parameters and adapter bytes grow linearly with it
+    alpha: float = 32.0  # the update is scaled by alpha / r (peft's lora_alpha); 2r is the common choice
+    dropout: float = 0.0  # dropout on the adapters' input (peft's lora_dropout); 0 keeps runs deterministic
+    # the attention and MLP projections of Llama-style models (peft matches a module whose name ends in one)
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                               "gate_proj", "up_proj", "down_proj"])
+
+
+@dataclass
+class TrainingConfig:
+    """How every fine-tune of both arms trains: all weights, or LoRA adapters on a frozen base."""
+
+    method: str = "full"  # full (every weight) | lora (peft adapters; each run stored as an adapter)
+    lora: LoraSettings = field(default_factory=LoraSettings)
 
 
 @dataclass
@@ -219,6 +240,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
     mixing: MixingConfig = field(default_factory=MixingConfig)
     dem: DemConfig = field(default_factory=DemConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -353,6 +375,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     need(c.budget.lr > 0, "budget.lr", "must be > 0")
     need(0 <= c.budget.warmup_ratio < 1, "budget.warmup_ratio", "must be in [0, 1)")
 
+    problems += _check_training(c.training)
     problems += _check_mixing(c)
     if c.eval.score_models is not None and not problems:
         problems += _check_score_models(c)
@@ -432,6 +455,24 @@ def _check_score_models(c: DictConfig) -> list[str]:
         problems.append("eval.score_models=[]: name at least one model, or null for every model")
     if len(set(wanted)) != len(wanted):
         problems.append(f"eval.score_models={wanted}: each model at most once")
+    return problems
+
+
+def _check_training(t: DictConfig) -> list[str]:
+    """training.method and, for LoRA, settings peft would reject only once a run starts."""
+    if t.method not in TRAINING_METHODS:
+        return [f"training.method={t.method}: {one_of(TRAINING_METHODS, t.method)}"]
+    if t.method != "lora":
+        return []
+    lora, problems = t.lora, []
+    if lora.r < 1:
+        problems.append(f"training.lora.r={lora.r}: must be a positive integer (the adapters' rank)")
+    if lora.alpha <= 0:
+        problems.append(f"training.lora.alpha={lora.alpha}: must be > 0 (the update is scaled by alpha / r)")
+    if not 0 <= lora.dropout < 1:
+        problems.append(f"training.lora.dropout={lora.dropout}: must be in [0, 1)")
+    if not lora.target_modules:
+        problems.append("training.lora.target_modules=[]: name at least one module, e.g. [q_proj, v_proj]")
     return problems
 
 

@@ -120,9 +120,44 @@ def forward_flops(config: PretrainedConfig, tokens: int, seq_len: int) -> float:
     return float(per_token) * tokens
 
 
-def train_flops(config: PretrainedConfig, tokens: int, seq_len: int) -> float:
-    """FLOPs of training on `tokens` tokens: forward + backward ≈ 3x forward."""
-    return 3.0 * forward_flops(config, tokens, seq_len)
+def train_flops(config: PretrainedConfig, tokens: int, seq_len: int, adapter_params: int | None = None) -> float:
+    """FLOPs of training on `tokens` tokens: forward + backward ≈ 3x forward (full fine-tuning).
+
+    With LoRA (`adapter_params` = the adapters' parameter count, `lora_params`) only what is computed is counted.
+    Per token, with N matmul weights and A = 4·layers·keys·d_attn the attention term of the forward pass:
+    frozen weights cost 2N forward and 2N backward (the gradient of their input, which reaches the adapters
+    below; their own weight gradient, another 2N, is never computed, as autograd skips gradients no leaf needs);
+    attention has no weights, so its backward is still ≈ 2A (3A in all); each adapter weight costs 2 forward,
+    2 input-gradient and 2 weight-gradient FLOPs. So LoRA ≈ 4N + 3A + 6·n_adapter against 6N + 3A for full,
+    ≈ 2/3 of it for a small rank (the backward split follows Kaplan et al. 2020, §2.1: backward ≈ 2x forward,
+    half for input gradients, half for weight gradients; tests/test_lora.py checks it against torch's
+    FlopCounterMode on the micro model). Left out: the first layer's input gradient, which nothing needs
+    (a slight overcount) and the adapters' scaling and addition (elementwise)."""
+    if adapter_params is None:
+        return 3.0 * forward_flops(config, tokens, seq_len)
+    heads, head_dim, _ = _attention_dims(config)
+    attention = 4 * heads * head_dim * sum(_keys_per_layer(config, seq_len))
+    return float(4 * matmul_params(config) + 3 * attention + 6 * adapter_params) * tokens
+
+
+def _matches(name: str, targets: tuple[str, ...]) -> bool:
+    """peft's rule for a list of target_modules: the module's name is one of them or ends in ".<one of them>"."""
+    return any(name == t or name.endswith(f".{t}") for t in targets)
+
+
+@lru_cache(maxsize=64)
+def _lora_params_cached(key: _ByContent, r: int, targets: tuple[str, ...]) -> int:
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(copy.deepcopy(key.config))
+    return sum(r * (m.in_features + m.out_features) for name, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and _matches(name, targets))
+
+
+def lora_params(config: PretrainedConfig, r: int, target_modules: list[str]) -> int:
+    """Parameters of LoRA adapters of rank r on every nn.Linear that `target_modules` names (A: r x in, B: out x r),
+    counted on the meta model as peft would place them."""
+    return _lora_params_cached(_ByContent(config), r, tuple(target_modules))
+
 
 
 def layer_activation_bytes(config: PretrainedConfig, *, dtype: torch.dtype, batch_size: int, seq_len: int) -> int:
@@ -149,13 +184,16 @@ def layer_activation_bytes(config: PretrainedConfig, *, dtype: torch.dtype, batc
 
 def estimate_memory(config: PretrainedConfig, *, param_dtype: torch.dtype, batch_size: int, seq_len: int,
                     gradient_checkpointing: bool, n_vectors: int, vector_dtype: torch.dtype,
-                    vectors_on: str) -> dict[str, int]:
+                    vectors_on: str, adapter_params: int | None = None) -> dict[str, int]:
     """Peak bytes of a full fine-tune and of the DEM coefficient search, to print a plan before training.
 
     Training: weights, gradients (parameter dtype), AdamW's two states per parameter (torch keeps them in the
     parameter dtype), activations = per-layer bytes (`layer_activation_bytes`) × layers, or with gradient
     checkpointing (full recompute per layer) each layer's input e·b·s·h plus one layer recomputed during its
-    backward, plus the logits b·s·vocab in fp32. `train_peak` is their sum.
+    backward, plus the logits b·s·vocab in fp32. `train_peak` is their sum. With LoRA (`adapter_params` set)
+    the frozen weights get no gradient and no optimizer state: weights are the base's plus the adapters', and
+    gradients and AdamW's states cover the adapters only; activations are kept as for full training (an upper
+    bound: a frozen linear layer's input is not needed for its backward, but the adapter beside it keeps it).
     Search: `vectors` = n_vectors distribution vectors. On the device: the weights, the vectors if
     `vectors_on == "device"` or, if "cpu", one tensor of every vector streamed at a time (the largest
     parameter), and one forward pass's activations (fp32 logits + one layer). On the host: the vectors if they
@@ -178,7 +216,9 @@ def estimate_memory(config: PretrainedConfig, *, param_dtype: torch.dtype, batch
     else:
         kept = layers * layer
     activations = kept + logits
-    train = {"weights": weights, "gradients": weights, "optimizer": 2 * weights, "activations": activations}
+    trained = weights if adapter_params is None else adapter_params * param_dtype.itemsize
+    train = {"weights": weights + (0 if adapter_params is None else trained), "gradients": trained,
+             "optimizer": 2 * trained, "activations": activations}
     one_vector = shape.params * vector_dtype.itemsize
     vectors = n_vectors * one_vector
     search_activations = logits + layer
@@ -194,11 +234,13 @@ def estimate_memory(config: PretrainedConfig, *, param_dtype: torch.dtype, batch
 
 
 def estimate_disk(config: PretrainedConfig, *, checkpoint_dtype: torch.dtype, n_checkpoints: int, n_vectors: int,
-                  vector_dtype: torch.dtype) -> dict[str, int]:
+                  vector_dtype: torch.dtype, checkpoint_params: int | None = None) -> dict[str, int]:
     """Bytes on disk: the fine-tuned checkpoints and the distribution vectors (safetensors stores a tied tensor
-    once; headers, tokenizer files, optimizer states and the run cache's bookkeeping are left out)."""
+    once; headers, tokenizer files, optimizer states and the run cache's bookkeeping are left out).
+    `checkpoint_params`: what one run stores when it is not the whole model (a LoRA adapter); vectors stay dense."""
     params = param_count(config)
-    checkpoints = n_checkpoints * params * checkpoint_dtype.itemsize
+    stored = params if checkpoint_params is None else checkpoint_params
+    checkpoints = n_checkpoints * stored * checkpoint_dtype.itemsize
     vectors = n_vectors * params * vector_dtype.itemsize
     return {"checkpoints": checkpoints, "vectors": vectors, "total": checkpoints + vectors}
 

@@ -134,8 +134,18 @@ class LoadOptions:
 SAFE = LoadOptions()
 
 
-def load_model(path: Path, runtime: Runtime = CPU_FP32, options: LoadOptions = SAFE) -> torch.nn.Module:
-    """Load a saved checkpoint onto the runtime's device in its dtype (safetensors only unless opted out)."""
+def load_model(path: Path, runtime: Runtime = CPU_FP32, options: LoadOptions = SAFE,
+               base: Path | None = None) -> torch.nn.Module:
+    """Load a saved checkpoint onto the runtime's device in its dtype (safetensors only unless opted out).
+
+    A LoRA run (a peft adapter folder, harness/lora.py) opens as `base` with the adapter merged into its weights:
+    a plain model, so perplexity, lm-eval and merging need not know how it was trained."""
+    from harness import lora
+
+    if lora.is_adapter(path):
+        if base is None:
+            raise ValueError(f"{path} holds a LoRA adapter: pass the base model it was trained on")
+        return lora.merged(load_model(base, runtime, options), path)
     kwargs: dict[str, Any] = {"dtype": runtime.dtype, "trust_remote_code": options.trust_remote_code}
     if options.use_safetensors:
         kwargs["use_safetensors"] = True

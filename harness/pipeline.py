@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig, LlamaConfig
 
-from harness import cost, provenance
+from harness import cost, lora, provenance
 from harness.arms import Arm, Candidate, Context, Planned, make_arm
 from harness.base import load_options, prepare_base, runtime_spec
 from harness.cache import Entry, RunCache, spec_key
@@ -181,6 +181,9 @@ def make_context(cfg: DictConfig, cache: RunCache, out: Path, splits: dict[str, 
         model_config = planned_model_config(cfg, base.path, options)
     budget_cfg = {k: v for k, v in budget.items() if k != "mode"}  # the mode decides tokens; runs record tokens
     dtype_name = str(runtime.dtype).removeprefix("torch.")
+    training = lora.settings(cfg.training)
+    adapter_params = (cost.lora_params(model_config, training["lora"]["r"], training["lora"]["target_modules"])
+                      if training else None)
 
     def run_spec(weights: dict[str, float], train_tokens: int | None = None) -> RunSpec:
         w = normalise(weights)
@@ -188,7 +191,8 @@ def make_context(cfg: DictConfig, cache: RunCache, out: Path, splits: dict[str, 
                        fingerprints={n: fingerprints[n] for n in w}, pools={n: pools[n] for n in w},
                        budget={**budget_cfg, "train_tokens": int(train_tokens or budget["train_tokens"])},
                        seed=cfg.seeds.train, device=str(runtime.device), dtype=dtype_name,
-                       options=asdict(options), gradient_checkpointing=cfg.model.gradient_checkpointing)
+                       options=asdict(options), gradient_checkpointing=cfg.model.gradient_checkpointing,
+                       training=training)
 
     data_spec = {"version": DATA_VERSION, "seed": cfg.seeds.data, "fingerprints": fingerprints, "tokenizer": tokenizer}
     report_spec = {"version": DATA_VERSION, "seed": cfg.seeds.data, "slice": "report", "tokenizer": tokenizer,
@@ -198,14 +202,14 @@ def make_context(cfg: DictConfig, cache: RunCache, out: Path, splits: dict[str, 
                   out=out, base=base, runtime=runtime, options=options, seeds=cfg.seeds, data_spec=data_spec,
                   report_spec=report_spec,
                   run_spec=run_spec, score=lambda record: selection_score(sums_of(record), cfg.selection.metric),
-                  train_flops=lambda tokens: cost.train_flops(model_config, tokens, cfg.budget.seq_len),
-                  model_config=model_config, tokenizer=tok)
+                  train_flops=lambda tokens: cost.train_flops(model_config, tokens, cfg.budget.seq_len, adapter_params),
+                  model_config=model_config, tokenizer=tok, adapter_params=adapter_params)
     if build:
         ctx.val = {n: pack([encode(tok, e) for e in s.val], cfg.budget.seq_len, tok.pad_token_id, drop_last=False)
                    for n, s in splits.items()}
         ctx.report = {n: pack_examples([encode(tok, e) for e in s.report], cfg.budget.seq_len, tok.pad_token_id)
                       for n, s in splits.items()}
-        ctx.load = lambda path: load_model(path, runtime, options)
+        ctx.load = lambda path: load_model(path, runtime, options, base=base.path)  # base: for LoRA runs
 
         def measure(model_key: str, open_model: Any) -> dict[str, Any]:
             spec = {"model": model_key, "data": data_spec, "seq_len": cfg.budget.seq_len, "names": names,
@@ -287,7 +291,7 @@ def plan_text(ctx: Context, arms: list[Arm], done: Mapping[str, Entry]) -> str:
                        seq_len=ctx.cfg.budget.seq_len, gradient_checkpointing=ctx.cfg.model.gradient_checkpointing,
                        n_vectors=len(ctx.names), vector_dtype=vector_dtype, vectors_on=dem.vectors_on,
                        n_new_checkpoints=sum(not r.cached for r in table), n_new_vectors=len(ctx.names),
-                       cache_root=ctx.cache.root, check_disk=not ctx.cfg.plan_only)
+                       cache_root=ctx.cache.root, check_disk=not ctx.cfg.plan_only, adapter_params=ctx.adapter_params)
     return "\n".join([run_table(table, rate, how), describe(budget, ctx.runtime.name),
                       device_hours_text(ctx, arms, done)])
 

@@ -43,15 +43,17 @@ class Row:
 
 def resources(config: PretrainedConfig, *, dtype: torch.dtype, batch_size: int, seq_len: int,
               gradient_checkpointing: bool, n_vectors: int, vector_dtype: torch.dtype, vectors_on: str,
-              n_new_checkpoints: int, n_new_vectors: int, cache_root: Path, check_disk: bool = True) -> dict[str, Any]:
+              n_new_checkpoints: int, n_new_vectors: int, cache_root: Path, check_disk: bool = True,
+              adapter_params: int | None = None) -> dict[str, Any]:
     """Peak memory of one training run and of the coefficient search, and the disk the new cache entries need
     against the disk free under cache_root. Raises PlanError when the disk would not fit, unless not `check_disk`
-    (plan_only: the plan may be for another machine, so `describe` only says so)."""
+    (plan_only: the plan may be for another machine, so `describe` only says so). `adapter_params`: LoRA runs,
+    each stored as an adapter of that many parameters instead of a checkpoint."""
     memory = estimate_memory(config, param_dtype=dtype, batch_size=batch_size, seq_len=seq_len,
                              gradient_checkpointing=gradient_checkpointing, n_vectors=n_vectors,
-                             vector_dtype=vector_dtype, vectors_on=vectors_on)
+                             vector_dtype=vector_dtype, vectors_on=vectors_on, adapter_params=adapter_params)
     disk = estimate_disk(config, checkpoint_dtype=dtype, n_checkpoints=n_new_checkpoints, n_vectors=n_new_vectors,
-                         vector_dtype=vector_dtype)
+                         vector_dtype=vector_dtype, checkpoint_params=adapter_params)
     probe = cache_root
     while not probe.exists():  # the cache folder may not exist yet: measure the disk it will live on
         probe = probe.parent
@@ -263,7 +265,8 @@ def memory_fit(ctx: Any, acc: Any) -> str:
     vector_dtype = dtype if cfg.dem.vector_dtype == "auto" else getattr(torch, cfg.dem.vector_dtype)
     m = estimate_memory(ctx.model_config, param_dtype=dtype, batch_size=cfg.budget.batch_size,
                         seq_len=cfg.budget.seq_len, gradient_checkpointing=cfg.model.gradient_checkpointing,
-                        n_vectors=len(ctx.names), vector_dtype=vector_dtype, vectors_on=cfg.dem.vectors_on)
+                        n_vectors=len(ctx.names), vector_dtype=vector_dtype, vectors_on=cfg.dem.vectors_on,
+                        adapter_params=ctx.adapter_params)
     room = acc.memory_gb * 1e9
     state = m["weights"] + m["gradients"] + m["optimizer"]
     train = "fits" if m["train_peak"] <= room else (

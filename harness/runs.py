@@ -44,6 +44,7 @@ class RunSpec:
     dtype: str
     options: dict[str, Any] = field(default_factory=dict)  # harness.models.LoadOptions fields
     gradient_checkpointing: bool = False
+    training: dict[str, Any] = field(default_factory=dict)  # harness.lora.settings: empty = full fine-tuning
 
     @property
     def train_tokens(self) -> int:
@@ -55,7 +56,8 @@ class RunSpec:
         return {"base": self.base_key, "weights": self.weights,
                 "data": {"version": DATA_VERSION, "fingerprints": self.fingerprints}, "pools": self.pools,
                 "options": self.options, "train_version": TRAIN_VERSION, "budget": self.budget,
-                "seed": self.seed, "device_type": torch.device(self.device).type, "dtype": self.dtype}
+                "seed": self.seed, "device_type": torch.device(self.device).type, "dtype": self.dtype,
+                **({"training": self.training} if self.training else {})}  # full runs keep their keys
 
     @property
     def key(self) -> str:
@@ -150,7 +152,7 @@ def train_into(spec: RunSpec, cache: RunCache, folder: Path | None) -> dict[str,
     # "cuda" without an index is the current device, which accelerate sets to a rank's LOCAL_RANK
     runtime = Runtime(torch.device(spec.device), getattr(torch, spec.dtype))
     return finetune(folder, Path(spec.base_path), pools, spec.weights, SimpleNamespace(**spec.budget), spec.seed,
-                    pad_id, runtime, options, spec.gradient_checkpointing)
+                    pad_id, runtime, options, spec.gradient_checkpointing, spec.training.get("lora"))
 
 
 def execute(spec: RunSpec, cache_root: str | Path) -> Entry:

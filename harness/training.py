@@ -14,7 +14,7 @@ import torch
 from transformers import Trainer, TrainingArguments, default_data_collator
 
 from baselines.mixture import sample_mixture
-from harness import cost
+from harness import cost, lora
 from harness.models import CPU_FP32, LoadOptions, Runtime, build_model, device_name, load_model, train_tokenizer
 from harness.tokens import Sequence_, encode_text, pack
 
@@ -50,13 +50,14 @@ def per_device_batch(batch_size: int, n_processes: int) -> int:
 
 def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int, lr: float,
           warmup_ratio: float, weight_decay: float, seed: int, grad_accum_steps: int = 1,
-          gradient_checkpointing: bool = False) -> dict[str, Any]:
+          gradient_checkpointing: bool = False, adapter_params: int | None = None) -> dict[str, Any]:
     """One epoch over the blocks with AdamW + cosine schedule, on the model's own device and in its dtype
     (bf16 weights train in bf16 under autocast); returns tokens, FLOPs, device-seconds and losses.
 
     `batch_size` is the global batch per micro-step: under torchrun / `accelerate launch` (DDP through Trainer)
     each of the N processes takes batch_size / N blocks, and Trainer's distributed sampler deals them out of the
-    same shuffled order, so every optimizer step sees the blocks one process would have (gradients averaged)."""
+    same shuffled order, so every optimizer step sees the blocks one process would have (gradients averaged).
+    `adapter_params`: the model is a LoRA-wrapped base whose adapters hold that many parameters (cost accounting)."""
     on_cpu = model.device.type == "cpu"
     n_processes = processes()
     with tempfile.TemporaryDirectory() as scratch:
@@ -91,7 +92,7 @@ def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_siz
     return {
         "train_tokens": tokens,
         "loss_tokens": int((y != -100).sum()),
-        "train_flops": cost.train_flops(model.config, tokens, x.shape[1]),
+        "train_flops": cost.train_flops(model.config, tokens, x.shape[1], adapter_params),
         "train_wall_s": wall,
         "train_device_s": wall * n_processes,  # every process holds one device for the whole run
         "device": device_name(model.device),
@@ -107,17 +108,24 @@ def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_siz
 
 def finetune(out_dir: Path | None, base_dir: Path, pools: dict[str, list[Sequence_]], weights: dict[str, float],
              budget: Any, seed: int, pad_id: int, runtime: Runtime = CPU_FP32, options: LoadOptions | None = None,
-             gradient_checkpointing: bool = False) -> dict[str, Any]:
+             gradient_checkpointing: bool = False, lora_settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fine-tune the base on a weighted mixture (one distribution = weight 1) for the token budget; save it into
-    out_dir (None: a helper rank of a distributed run, which trains alongside rank 0 but saves nothing)."""
+    out_dir (None: a helper rank of a distributed run, which trains alongside rank 0 but saves nothing).
+    With `lora_settings` (harness.lora.settings) only LoRA adapters train, and out_dir gets the peft adapter."""
     seqs = sample_mixture(pools, weights, budget.train_tokens, seed)
     x, y = pack(seqs, budget.seq_len, pad_id, max_blocks=budget.train_tokens // budget.seq_len)
     model = load_model(base_dir, runtime, options or LoadOptions())
+    adapter_params = None
+    if lora_settings is not None:
+        model = lora.wrap(model, lora_settings, gradient_checkpointing)
+        adapter_params = lora.trainable_params(model)
     record = train(model, x, y, batch_size=budget.batch_size, lr=budget.lr, warmup_ratio=budget.warmup_ratio,
                    weight_decay=budget.weight_decay, seed=seed, grad_accum_steps=budget.grad_accum_steps,
-                   gradient_checkpointing=gradient_checkpointing)
+                   gradient_checkpointing=gradient_checkpointing, adapter_params=adapter_params)
+    if adapter_params is not None:
+        record |= {"method": "lora", "adapter_params": adapter_params}
     if out_dir is not None:
-        model.save_pretrained(out_dir)
+        model.save_pretrained(out_dir)  # a PeftModel writes adapter_model.safetensors + adapter_config.json
     log.info("trained %s: %d tokens, loss %.3f -> %.3f, %.1fs", weights, record["train_tokens"],
              record["loss_first"] or float("nan"), record["loss_last"] or float("nan"), record["train_wall_s"])
     return {**record, "weights": weights}

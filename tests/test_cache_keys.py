@@ -42,6 +42,8 @@ def _keys(tmp: Path, base: Path, overrides: list[str]) -> dict[str, str]:
     ("data.n_test=10", {"report ppl", "eval"}),  # keyed by the items scored (the report slice is drawn after them)
     ("eval.limit=5", {"eval"}),
     ("budget.lr=0.01", {"train"}),
+    ("training.method=lora", {"train"}),
+    ("training.lora.r=8", set()),  # LoRA's settings do not touch full fine-tuning's keys
 ])
 def test_an_option_changes_exactly_the_keys_of_the_results_it_changes(micro_base, tmp_path, override, changed):
     base = micro_base[0]

@@ -1,0 +1,73 @@
+"""LoRA through peft: wrap a model for adapter training, open a trained adapter as a plain model, and turn an
+adapter into the dense distribution vector it applies — so that everything downstream of training (perplexity,
+lm-eval, every merge strategy) sees ordinary weights, and the cache stores only the adapter (peft's own format,
+loadable anywhere with `PeftModel.from_pretrained(base, folder)`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ADAPTER_CONFIG = "adapter_config.json"  # what peft's save_pretrained writes beside adapter_model.safetensors
+ADAPTER = "default"  # peft's name for a model's single adapter
+
+
+def settings(training: Any) -> dict[str, Any]:
+    """The LoRA part of a run spec from the `training` config: empty for full fine-tuning (so full runs keep
+    their keys), else the method and every setting that changes the trained adapter."""
+    if training.method == "full":
+        return {}
+    lora = training.lora
+    return {"method": "lora", "lora": {"r": int(lora.r), "alpha": float(lora.alpha), "dropout": float(lora.dropout),
+                                       "target_modules": sorted(str(t) for t in lora.target_modules)}}
+
+
+def wrap(model: torch.nn.Module, lora: dict[str, Any], gradient_checkpointing: bool = False) -> Any:
+    """The model with LoRA adapters on `lora["target_modules"]` and every base weight frozen (peft)."""
+    from peft import LoraConfig, get_peft_model
+
+    if gradient_checkpointing:  # recomputed blocks need an input that requires grad when the embedding is frozen
+        model.enable_input_require_grads()
+    config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                        target_modules=list(lora["target_modules"]), bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def trainable_params(model: torch.nn.Module) -> int:
+    """Parameters the optimizer updates (the adapters' A and B under LoRA)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def is_adapter(folder: Path) -> bool:
+    """Whether a saved run is a peft adapter rather than a full checkpoint."""
+    return (Path(folder) / ADAPTER_CONFIG).is_file()
+
+
+def merged(base: torch.nn.Module, folder: Path) -> torch.nn.Module:
+    """The base with the adapter in `folder` folded into its weights: a plain transformers model again."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
+
+
+def dense_vector(base: torch.nn.Module, folder: Path) -> dict[str, torch.Tensor]:
+    """The distribution vector an adapter applies, for every parameter of the base: Δ = scale·B·A on each adapted
+    weight (peft's get_delta_weight, the update merge_and_unload adds), zero elsewhere; fp32 like every Δ.
+    `base` is consumed (peft injects the adapter into it)."""
+    from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
+
+    names = [k for k, _ in base.named_parameters()]  # a tied tensor once, as copy_params lists it
+    shapes = {k: v.shape for k, v in base.named_parameters()}
+    model = PeftModel.from_pretrained(base, str(folder))
+    delta = {}
+    for name, module in model.base_model.model.named_modules():
+        if isinstance(module, LoraLayer) and ADAPTER in module.lora_A:
+            delta[f"{name}.weight"] = module.get_delta_weight(ADAPTER).detach().float()
+    missing = set(delta) - set(names)
+    if missing:
+        raise ValueError(f"{folder}: adapted weights {sorted(missing)[:3]} are not parameters of the base")
+    return {k: (delta[k] if k in delta else torch.zeros(shapes[k], dtype=torch.float32)).contiguous()
+            for k in names}
