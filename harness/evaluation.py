@@ -202,8 +202,8 @@ def check_num_fewshot(num_fewshot: Any, selection: TaskSelection) -> None:
             raise EvalConfigError(f"eval.num_fewshot={num_fewshot}: null, an int >= 0, or {{task or group: int}}")
         return
     problems = [f"{k}={v} must be an int >= 0" for k, v in num_fewshot.items() if bad(v)]
-    reachable = set(selection.builtin) | {n for top in selection.stock for n, _, _ in _walk(top)}
-    if unknown := sorted(set(num_fewshot) - reachable):
+    names = {n for top in (*selection.builtin, *selection.stock) for n in reachable(top, selection.builtin)}
+    if unknown := sorted(set(num_fewshot) - names):
         problems.append(f"{', '.join(unknown)} not among eval.tasks or their subtasks")
     if problems:
         raise EvalConfigError("eval.num_fewshot: " + "; ".join(problems))
