@@ -24,9 +24,16 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # two processes o
 
 
 def _cli(out: Path, cache: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "harness", *MICRO, *extra, f"output_dir={out}",
-                             f"cache_dir={cache}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, **(env or {})})
+    """Start a comparison whose output goes to a file, never a pipe: of two processes sharing a cache, one waited
+    on while the other fills its 64 KiB pipe blocks writing while it holds a cache lock the first waits for."""
+    log = out.with_name(out.name + ".log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "harness", *MICRO, *extra, f"output_dir={out}",
+                                 f"cache_dir={cache}"], stdout=sink, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})})
+    proc.log = log  # type: ignore[attr-defined]
+    return proc
 
 
 def _numbers(out: Path) -> dict:
@@ -35,7 +42,8 @@ def _numbers(out: Path) -> dict:
 
 
 def _wait(proc: subprocess.Popen) -> str:
-    log, _ = proc.communicate(timeout=900)
+    proc.wait(timeout=900)
+    log = proc.log.read_text()  # type: ignore[attr-defined]
     assert proc.returncode == 0, log[-3000:]
     return log
 
