@@ -27,6 +27,7 @@ from omegaconf import DictConfig
 from harness.cache import Entry, RunCache
 from harness.errors import HarnessError
 from harness.runs import RunSpec, execute
+from harness.stopwatch import stage
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,8 @@ class LocalExecutor:
                 if self.threads:
                     torch.set_num_threads(self.threads)
                 try:
-                    entry = execute(spec, cache_root)
+                    with stage(f"train {spec.label}"):
+                        entry = execute(spec, cache_root)
                 finally:
                     torch.set_num_threads(previous)
             remaining -= spec.train_tokens

@@ -7,6 +7,7 @@ single-distribution fine-tune) → statistics, cost and quality → report.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -44,11 +45,12 @@ from harness.models import DTYPES, load_model, load_tokenizer, planned_config, r
 from harness.perplexity import perplexity, selection_score, sums_of
 from harness.perturb import VERSION as PERTURB_VERSION
 from harness.plan import Row, describe, device_hours_text, measured_flops_per_second, resources, run_table
-from harness.report import rows, write_report
+from harness.report import rows, write_atomic, write_report
 from harness.retention import retention
 from harness.runs import DATA_VERSION, RunSpec, normalise, pool_spec, store_pools, tokenizer_spec
 from harness.significance import statistics
 from harness.sources import Distribution, SourceConfig, load_distribution
+from harness.stopwatch import Stopwatch, stage
 from harness.tokens import encode, pack, pack_examples
 from harness.tracking import Tracker
 
@@ -68,11 +70,11 @@ def run_comparison(cfg: DictConfig, output_dir: Path, sweep: dict[str, str] | No
 
     With `hub_mirror` set, every hub dataset (training sources, lm-eval tasks) is read from that folder. `sweep`
     ({"group": sweep folder name, "job_type": the swept values}) puts a sweep's jobs in one W&B group."""
-    with hub_mirror(cfg.hub_mirror):
-        return _compare(cfg, output_dir, sweep or {})
+    with hub_mirror(cfg.hub_mirror), Stopwatch() as watch:
+        return _compare(cfg, output_dir, sweep or {}, watch)
 
 
-def _compare(cfg: DictConfig, output_dir: Path, sweep: dict[str, str]) -> Path:
+def _compare(cfg: DictConfig, output_dir: Path, sweep: dict[str, str], watch: Stopwatch) -> Path:
     started = time.perf_counter()
     prov = provenance.collect()  # at the start: a commit made while the run is going on is not the code it ran
     out = output_dir.resolve()
@@ -83,11 +85,13 @@ def _compare(cfg: DictConfig, output_dir: Path, sweep: dict[str, str]) -> Path:
 
     # 1. Distributions: train/val(/test) rows from each one's source — built-in generators, local files or the
     #    hub — with a fingerprint of the rows used, which every cache key that reads them includes.
-    splits = load_data(cfg)
+    with stage("data"):
+        splits = load_data(cfg)
 
     # 1b. Training on what is scored: every source's training rows against every scored task's documents; a
     #     source holding a task's test documents stops the run here (one line), unless eval.allow_contamination.
-    contamination = check_contamination(cfg, cache, out, splits)
+    with stage("contamination check"):
+        contamination = check_contamination(cfg, cache, out, splits)
 
     # 2. The base model θ₀ (built, converted or located once) on the configured device and dtype, its tokenizer,
     #    and the training rows tokenized into the cache, where any training job can read them.
@@ -97,14 +101,19 @@ def _compare(cfg: DictConfig, output_dir: Path, sweep: dict[str, str]) -> Path:
     # 3. Plan: every run each arm needs (plus the single-distribution reference runs), printed with its cost,
     #    memory and disk before any training — stop here if the disk cannot hold it.
     arms = [make_arm(name, cfg) for name in cfg.arms]
-    log.info(plan_text(ctx, arms, done={}))
+    with stage("plan"):
+        log.info(plan_text(ctx, arms, done={}))
 
     # 4. Train what is planned, round after round (an arm may name runs that depend on earlier results, as
     #    RegMix's full run depends on its proxies); every run goes through the cache (finished runs are reused).
-    done = train_planned(ctx, arms)
+    with stage("training (outside the runs)"):
+        done = train_planned(ctx, arms)
 
     # 5. Each arm selects its model(s); the base and each single-distribution fine-tune are reported beside them.
-    candidates = references(ctx, done) + [c for arm in arms for c in arm.select(ctx, done)]
+    candidates = references(ctx, done)
+    for arm in arms:
+        with stage(f"select {arm.name} (other)"):
+            candidates += arm.select(ctx, done)
 
     # 6. Validation perplexity and lm-eval for every model; each row charged for every run it needed.
     evaluator = Evaluator(ctx, splits)
@@ -113,14 +122,17 @@ def _compare(cfg: DictConfig, output_dir: Path, sweep: dict[str, str]) -> Path:
 
     # 7. Statistics from the per-sample results, cost and quality; the report (summary.json last: it marks the
     #    run complete).
+    with stage("statistics"):
+        stats = statistics(methods, evaluator.samples, evaluator.ppl_units, evaluator.headline, evaluator.groups,
+                           seed=cfg.seeds.search, higher=evaluator.higher)
+        kept = retention(methods, evaluator.samples, evaluator.ppl_units, evaluator.headline, evaluator.groups,
+                         names=list(cfg.data.distributions), seed=cfg.seeds.search, higher=evaluator.higher)
     summary = {
         "methods": methods,
         **cost_ratios(methods),
         "selection_metric": cfg.selection.metric,
-        "statistics": statistics(methods, evaluator.samples, evaluator.ppl_units, evaluator.headline,
-                                 evaluator.groups, seed=cfg.seeds.search, higher=evaluator.higher),
-        "retention": retention(methods, evaluator.samples, evaluator.ppl_units, evaluator.headline, evaluator.groups,
-                               names=list(cfg.data.distributions), seed=cfg.seeds.search, higher=evaluator.higher),
+        "statistics": stats,
+        "retention": kept,
         "chance": evaluator.chance(),
         "task_versions": {t: r["version"] for t, r in evaluator.results.items()},
         "headline_metrics": evaluator.headline,
@@ -139,8 +151,11 @@ def _compare(cfg: DictConfig, output_dir: Path, sweep: dict[str, str]) -> Path:
         "wall_s": time.perf_counter() - started,
         "output_dir": str(out),
     }
-    write_report(summary, out)
-    tracker.finish(rows(summary), {k: summary[k] for k in ("cost_ratio", "cost_ratio_train") if k in summary})
+    with stage("W&B"):
+        tracker.finish(rows(summary), {k: summary[k] for k in ("cost_ratio", "cost_ratio_train") if k in summary})
+    with stage("report"):
+        write_atomic(out / "timings.json", json.dumps(watch.timings(), indent=1))  # before summary.json: complete
+        write_report(summary, out)
     return out
 
 
@@ -165,15 +180,17 @@ def make_context(cfg: DictConfig, cache: RunCache, out: Path, splits: dict[str, 
     names = list(cfg.data.distributions)
     runtime = resolve_runtime(cfg.model.device, cfg.model.dtype)
     options = load_options(cfg.model)
-    base = prepare_base(cfg, cache, runtime, build=build)
+    with stage("base model"):
+        base = prepare_base(cfg, cache, runtime, build=build)
     fingerprints = {n: d.fingerprint for n, d in splits.items()}
     tokenizer = tokenizer_spec(base.key, options)
     budget = OmegaConf.to_container(cfg.budget, resolve=True)
     if build:
         log.info("base model %s from %s on %s (%s)", base.key, base.path, runtime.name, runtime.dtype)
         tok = load_tokenizer(base.path, options)
-        pools = store_pools(cache, tokenizer, {n: [encode(tok, e) for e in s.train] for n, s in splits.items()},
-                            fingerprints)
+        with stage("tokenisation"):
+            pools = store_pools(cache, tokenizer, {n: [encode(tok, e) for e in s.train] for n, s in splits.items()},
+                                fingerprints)
         model_config = AutoConfig.from_pretrained(base.path, trust_remote_code=options.trust_remote_code)
     else:
         tok = None
@@ -205,10 +222,11 @@ def make_context(cfg: DictConfig, cache: RunCache, out: Path, splits: dict[str, 
                   train_flops=lambda tokens: cost.train_flops(model_config, tokens, cfg.budget.seq_len, adapter_params),
                   model_config=model_config, tokenizer=tok, adapter_params=adapter_params)
     if build:
-        ctx.val = {n: pack([encode(tok, e) for e in s.val], cfg.budget.seq_len, tok.pad_token_id, drop_last=False)
-                   for n, s in splits.items()}
-        ctx.report = {n: pack_examples([encode(tok, e) for e in s.report], cfg.budget.seq_len, tok.pad_token_id)
-                      for n, s in splits.items()}
+        with stage("tokenisation"):
+            ctx.val = {n: pack([encode(tok, e) for e in s.val], cfg.budget.seq_len, tok.pad_token_id,
+                               drop_last=False) for n, s in splits.items()}
+            ctx.report = {n: pack_examples([encode(tok, e) for e in s.report], cfg.budget.seq_len, tok.pad_token_id)
+                          for n, s in splits.items()}
         ctx.load = lambda path: load_model(path, runtime, options, base=base.path)  # base: for LoRA runs
 
         def measure(model_key: str, open_model: Any) -> dict[str, Any]:
@@ -429,12 +447,13 @@ class Evaluator:
                     model.append(candidate.open())
                 self._progress(candidate.label, i, task)
                 began = time.perf_counter()
-                result = evaluate(model[0], ctx.tokenizer, tasks=[task], task_dir=ctx.out / "tasks",
-                                  num_fewshot=self.specs[task]["num_fewshot"], limit=self.specs[task]["limit"],
-                                  batch_size=cfg.eval.batch_size, gen_kwargs=self.specs[task]["gen_kwargs"],
-                                  samples_dir=folder / "samples", mirror=cfg.hub_mirror,
-                                  robustness=cfg.eval.helm.robustness, perturbations=list(cfg.eval.helm.perturbations),
-                                  perturb_seed=cfg.eval.helm.seed)
+                with stage(f"lm-eval {candidate.label} {task}"):
+                    result = evaluate(
+                        model[0], ctx.tokenizer, tasks=[task], task_dir=ctx.out / "tasks",
+                        num_fewshot=self.specs[task]["num_fewshot"], limit=self.specs[task]["limit"],
+                        batch_size=cfg.eval.batch_size, gen_kwargs=self.specs[task]["gen_kwargs"],
+                        samples_dir=folder / "samples", mirror=cfg.hub_mirror, robustness=cfg.eval.helm.robustness,
+                        perturbations=list(cfg.eval.helm.perturbations), perturb_seed=cfg.eval.helm.seed)
                 self.task_seconds[task] = time.perf_counter() - began
                 return {"results": result, "eval_wall_s": self.task_seconds[task]}
 
@@ -492,8 +511,9 @@ def method_entry(ctx: Context, c: Candidate, done: Mapping[str, Entry], evaluato
     its quality (validation perplexity, every lm-eval score), and the cache entries it reused that another commit
     than the run's (`commit`) built."""
     records = [done[k].record for k in c.runs]
-    selection = ctx.measure(c.model_key, c.open)  # the slice the arms selected on: shown, never tested
-    ppl = ctx.measure_report(c.model_key, c.open)  # the held-out report slice: every reported perplexity
+    with stage(f"perplexity {c.label}"):
+        selection = ctx.measure(c.model_key, c.open)  # the slice the arms selected on: shown, never tested
+        ppl = ctx.measure_report(c.model_key, c.open)  # the held-out report slice: every reported perplexity
     evaluator.ppl_units[c.label] = ppl["examples"]
     scored = evaluator.wanted(c.label)
     train_flops = sum(r["train_flops"] for r in records)
