@@ -376,9 +376,6 @@ def validate(cfg: DictConfig) -> DictConfig:
     need(0 <= c.budget.warmup_ratio < 1, "budget.warmup_ratio", "must be in [0, 1)")
 
     problems += _check_training(c.training)
-    problems += _check_mixing(c)
-    if c.eval.score_models is not None and not problems:
-        problems += _check_score_models(c)
     e = c.executor
     need(e.name in EXECUTORS, "executor.name", one_of(EXECUTORS, e.name))
     need(e.max_parallel >= 1, "executor.max_parallel", "must be >= 1")
@@ -390,7 +387,6 @@ def validate(cfg: DictConfig) -> DictConfig:
     if e.name == "slurm":
         need(bool(e.partition), "executor.partition", "the SLURM partition to submit to (executor=slurm)")
 
-    problems += _check_strategy(c)
     need(c.dem.n_trials >= 1, "dem.n_trials", "must be >= 1")
     need(c.dem.sampler in SAMPLERS, "dem.sampler", one_of(SAMPLERS, c.dem.sampler))
     need(len(c.dem.weight_range) == 2 and c.dem.weight_range[0] < c.dem.weight_range[1], "dem.weight_range",
@@ -408,6 +404,19 @@ def validate(cfg: DictConfig) -> DictConfig:
     need(len(c.eval.tasks) > 0, "eval.tasks", "a non-empty list of built-in or lm-eval task names")
     need(c.eval.gen_kwargs is None or isinstance(c.eval.gen_kwargs, DictConfig), "eval.gen_kwargs",
          "must be null or a mapping such as {max_gen_toks: 64}")
+    need(c.eval.batch_size > 0, "eval.batch_size", "must be a positive integer")
+    need(c.tracking.mode in TRACKING_MODES, "tracking.mode", one_of(TRACKING_MODES, c.tracking.mode))
+    for task, tc in c.eval.cost.items():
+        need(tc.n_items > 0 and tc.prompt_tokens > 0 and tc.requests >= 1 and tc.subtasks >= 1
+             and tc.generated_tokens >= 0, f"eval.cost.{task}",
+             "n_items, prompt_tokens, requests and subtasks must be positive, generated_tokens >= 0")
+    if problems:  # a value out of range is answered before the checks below import torch and lm-eval (seconds)
+        raise ConfigError("; ".join(problems))
+
+    problems += _check_mixing(c)  # the arms' registry, the merge strategies, lm-eval's task index
+    if c.eval.score_models is not None and not problems:
+        problems += _check_score_models(c)
+    problems += _check_strategy(c)
     if c.eval.tasks and not problems:  # stock task names need lm-eval's index (seconds): only for a sane config
         from harness.evaluation import check_eval  # local: evaluation imports this module
 
@@ -423,13 +432,6 @@ def validate(cfg: DictConfig) -> DictConfig:
             check_limit(plain(c.eval.limit), list(c.eval.tasks))
         except ConfigError as err:
             problems.append(str(err))
-    need(c.eval.batch_size > 0, "eval.batch_size", "must be a positive integer")
-    need(c.tracking.mode in TRACKING_MODES, "tracking.mode", one_of(TRACKING_MODES, c.tracking.mode))
-    for task, tc in c.eval.cost.items():
-        need(tc.n_items > 0 and tc.prompt_tokens > 0 and tc.requests >= 1 and tc.subtasks >= 1
-             and tc.generated_tokens >= 0, f"eval.cost.{task}",
-             "n_items, prompt_tokens, requests and subtasks must be positive, generated_tokens >= 0")
-
     if problems:
         raise ConfigError("; ".join(problems))
     return c
