@@ -12,6 +12,9 @@ import torch
 
 ADAPTER_CONFIG = "adapter_config.json"  # what peft's save_pretrained writes beside adapter_model.safetensors
 ADAPTER = "default"  # peft's name for a model's single adapter
+# In every LoRA run's key: bump when a change alters what a LoRA run trains (full runs' keys never hold it).
+# 2: each adapter's initialisation is seeded (before, it followed whatever the process had run first)
+LORA_VERSION = 2
 
 
 def settings(training: Any) -> dict[str, Any]:
@@ -20,8 +23,9 @@ def settings(training: Any) -> dict[str, Any]:
     if training.method == "full":
         return {}
     lora = training.lora
-    return {"method": "lora", "lora": {"r": int(lora.r), "alpha": float(lora.alpha), "dropout": float(lora.dropout),
-                                       "target_modules": sorted(str(t) for t in lora.target_modules)}}
+    return {"method": "lora", "version": LORA_VERSION,
+            "lora": {"r": int(lora.r), "alpha": float(lora.alpha), "dropout": float(lora.dropout),
+                     "target_modules": sorted(str(t) for t in lora.target_modules)}}
 
 
 def wrap(model: torch.nn.Module, lora: dict[str, Any], gradient_checkpointing: bool = False) -> Any:
