@@ -4,6 +4,9 @@ like a full one."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,14 +14,48 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
+import harness.__main__ as cli
+import harness.config
 from harness.cache import RunCache
-from harness.config import validate
+from harness.config import CONF_DIR, validate
 from harness.data import generate_splits
 from harness.models import load_tokenizer
 from harness.pipeline import load_data, make_context
 from harness.tokens import encode
 from harness.training import finetune
 from tests.conftest import MICRO, compose_cfg
+from tests.test_bad_input import _one_line, tree
+from tests.test_models import gpt2_checkpoint
+
+LORA = [*MICRO, "training.method=lora"]
+LLAMA_LAYERS = "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj"  # the micro Llama's, lm_head tied
+DEFAULT_TARGETS = "'q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'"
+# (overrides, the one line's text): {gpt2} is a local GPT-2 checkpoint, also the model preset `gpt2`
+BAD_INPUT = [
+    (["training.lora.r=0"], "training.lora.r=0: must be a positive integer (the adapters' rank)"),
+    (["training.lora.r=-1"], "training.lora.r=-1: must be a positive integer (the adapters' rank)"),
+    (["training.lora.r=2.5"], "training.lora.r=2.5: must be an integer, not a decimal number"),
+    (["training.lora.r=x"], "training.lora.r=x: must be an integer, not a string"),
+    (["training.lora.r=null"], "training.lora.r=null: must be an integer, not null"),
+    (["training.lora.target_modules=[q_proj, foo]"],
+     f"training.lora.target_modules: in model=micro, 'foo' names no layer; the linear layers LoRA can adapt there: "
+     f"{LLAMA_LAYERS}"),
+    (["training.lora.target_modules=[foo, bar]"], "in model=micro, 'foo', 'bar' name no layer;"),
+    (["training.lora.target_modules=[q_proj, input_layernorm]"],
+     "in model=micro, 'input_layernorm' names model.layers.0.input_layernorm (LlamaRMSNorm), not a linear layer;"),
+    (["training.lora.target_modules=[embed_tokens]"],
+     "in model=micro, 'embed_tokens' names model.embed_tokens (Embedding), not a linear layer;"),
+    (["training.lora.target_modules=[v_proj, lm_head]"],
+     "in model=micro, 'lm_head' names lm_head, whose weight is tied to model.embed_tokens.weight "
+     "(tie_word_embeddings): its adapter would be trained on one layer and merged into both;"),
+    (["model=hf", "model.name_or_path={gpt2}"],  # GPT-2's layers are c_attn, c_proj, c_fc (Conv1D)
+     f"in model=hf, {DEFAULT_TARGETS} name no layer; the linear layers LoRA can adapt there: c_attn, c_proj, c_fc"),
+    (["mixing=regmix", "mixing.proxies=4", "mixing.proxy_tokens=1024", "mixing.proxy_model=gpt2"],
+     f"in mixing.proxy_model=gpt2, {DEFAULT_TARGETS} name no layer;"),
+    (["-m", "training.lora.target_modules=[q_proj],[q_prj]"],
+     "sweep job 2 of 2 (training.lora.target_modules=[q_prj]): training.lora.target_modules: in model=micro, "
+     "'q_prj' names no layer;"),
+]
 
 # Computed on e25d253, the commit before LoRA was merged (45e5d7c "Merge branch 'lora18'"), with this test's code:
 # the default micro comparison's tiny base and two of its training runs, nothing built.
@@ -59,3 +96,60 @@ def test_an_adapter_does_not_depend_on_what_ran_before_it_in_the_process(micro_b
         adapters.append(load_file(tmp_path / str(before) / "adapter_model.safetensors"))
     assert adapters[0].keys() == adapters[1].keys() and len(adapters[0]) == 2 * 2 * 2  # A, B; q, v; 2 layers
     assert all(torch.equal(adapters[0][k], adapters[1][k]) for k in adapters[0])
+
+
+def test_lora_params_count_gpt2_s_conv1d_layers_as_peft_trains_them():
+    """GPT-2's projections are transformers' Conv1D, not nn.Linear: the plan's adapter count (FLOPs, memory) must
+    see them, as peft does."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from harness import cost, lora
+
+    config = GPT2Config(n_embd=48, n_layer=2, n_head=2, vocab_size=100, n_positions=64, bos_token_id=0,
+                        eos_token_id=0)
+    targets = ["c_attn", "c_proj", "c_fc"]
+    wrapped = lora.wrap(GPT2LMHeadModel(config), {"r": 4, "alpha": 8.0, "dropout": 0.0, "target_modules": targets})
+    assert cost.lora_params(config, 4, targets) == lora.trainable_params(wrapped) == 2 * 4 * (
+        (48 + 144) + (48 + 48) + (48 + 192) + (192 + 48))  # per block: attn c_attn, c_proj; mlp c_fc, c_proj
+
+
+@pytest.fixture(scope="module")
+def conf_with_gpt2(tmp_path_factory) -> tuple[Path, Path]:
+    """The shipped config tree plus a `gpt2` model preset: a local GPT-2 checkpoint (its layers are not *_proj)."""
+    root = tmp_path_factory.mktemp("gpt2conf")
+    gpt2 = gpt2_checkpoint(root / "gpt2")
+    conf = root / "conf"
+    shutil.copytree(CONF_DIR, conf)
+    (conf / "model" / "gpt2.yaml").write_text(f"preset: gpt2\nsource: hf\nname_or_path: {gpt2}\n")
+    return conf, gpt2
+
+
+@pytest.mark.parametrize("overrides,expected", BAD_INPUT, ids=[" ".join(o) for o, _ in BAD_INPUT])
+def test_bad_lora_input_is_one_line_before_anything_exists(conf_with_gpt2, tmp_path, monkeypatch, capsys,
+                                                           overrides, expected):
+    conf, gpt2 = conf_with_gpt2
+    monkeypatch.setattr(harness.config, "CONF_DIR", conf)  # presets, the proxy's preset
+    monkeypatch.setattr(cli, "CONF_DIR", conf)  # what the CLI composes from
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    args = [a.replace("{gpt2}", str(gpt2)) for a in overrides]
+    monkeypatch.setattr(sys, "argv", ["dem-bench", *LORA, *args, f"output_dir={tmp_path / 'out'}",
+                                      f"cache_dir={tmp_path / 'cache'}"])
+    monkeypatch.setattr(cli, "app", lambda: pytest.fail("bad input reached the Hydra app"))
+    before = (tree(tmp_path), tree(conf))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    line = _one_line(capsys, exit_info.value.code)
+    assert expected in line, line
+    assert (tree(tmp_path), tree(conf)) == before  # no output folder, no cache entry, nothing touched
+
+
+def test_the_real_cli_names_an_unknown_target_module_in_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "harness", *LORA, "training.lora.target_modules=[q_proj, qproj]",
+                           f"output_dir={tmp_path / 'o'}", f"cache_dir={tmp_path / 'c'}"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith("dem-bench: error: training.lora.target_modules: in model=micro, 'qproj' names "
+                                  f"no layer; the linear layers LoRA can adapt there: {LLAMA_LAYERS}"), proc.stderr
+    assert list(tmp_path.iterdir()) == []
+

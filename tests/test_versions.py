@@ -24,7 +24,7 @@ GUARDED = {
     # TRAIN_VERSION stays 1 across the seeded LoRA initialisation: full fine-tuning trains exactly as before (its
     # keys are pinned in tests/test_lora_checks.py); LoRA runs carry LORA_VERSION, which was bumped instead
     "training": ("TRAIN_VERSION", runs, ["harness/training.py", "baselines/mixture.py"], 1, "64d4dd00eb3038b7"),
-    "lora": ("LORA_VERSION", lora, ["harness/lora.py"], 2, "c0e1006dfe40c25f"),
+    "lora": ("LORA_VERSION", lora, ["harness/lora.py"], 2, "db9301d89c19041d"),  # + layer checks: trains the same
 }
 
 
