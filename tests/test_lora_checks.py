@@ -4,9 +4,13 @@ like a full one."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -26,8 +30,11 @@ from harness.training import finetune
 from tests.conftest import MICRO, compose_cfg
 from tests.test_bad_input import _one_line, tree
 from tests.test_models import gpt2_checkpoint
+from tests.test_resume import _diff, _strip
 
 LORA = [*MICRO, "training.method=lora"]
+# the smallest LoRA comparison that trains every arm's runs (as tests/test_lora.py): mathqa, sni, their 50/50 mixture
+FAST = ["data.distributions=[mathqa, sni]", "eval.tasks=[mathqa_mc]", "eval.limit=4", "budget.train_tokens=4096"]
 LLAMA_LAYERS = "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj"  # the micro Llama's, lm_head tied
 DEFAULT_TARGETS = "'q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'"
 # (overrides, the one line's text): {gpt2} is a local GPT-2 checkpoint, also the model preset `gpt2`
@@ -79,23 +86,38 @@ def test_full_fine_tuning_keeps_the_cache_keys_it_had_before_lora(tmp_path, over
     assert not (tmp_path / "cache").exists()  # keys computed as a plan computes them: nothing built
 
 
+def _adapter(folder: Path, micro_base, gradient_checkpointing: bool = False) -> dict[str, torch.Tensor]:
+    """Four optimizer steps of LoRA on the micro base (r=4 on q_proj and v_proj): the saved adapter's tensors."""
+    base_dir, _, cfg = micro_base
+    tok = load_tokenizer(base_dir)
+    pools = {"mathqa": [encode(tok, e) for e in generate_splits("mathqa", 0, 40, 1, 1).train]}
+    budget = OmegaConf.merge(cfg.budget, {"train_tokens": 2048})  # the first step warms up at lr 0
+    settings = {"r": 4, "alpha": 8.0, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+    finetune(folder, base_dir, pools, {"mathqa": 1.0}, budget, 0, tok.pad_token_id,
+             gradient_checkpointing=gradient_checkpointing, lora_settings=settings)
+    adapter = load_file(folder / "adapter_model.safetensors")
+    assert len(adapter) == 2 * 2 * 2  # A and B, on q_proj and v_proj, in 2 layers
+    return adapter
+
+
 def test_an_adapter_does_not_depend_on_what_ran_before_it_in_the_process(micro_base, tmp_path):
     """peft draws each adapter's A at random before Trainer seeds anything: unseeded, the first run of a process
     differed with what ran before it (a base built or not in this process), so a resumed comparison retrained
     another adapter than the uninterrupted one."""
-    base_dir, _, cfg = micro_base
-    tok = load_tokenizer(base_dir)
-    pools = {"mathqa": [encode(tok, e) for e in generate_splits("mathqa", 0, 40, 1, 1).train]}
-    budget = OmegaConf.merge(cfg.budget, {"train_tokens": 512})  # one optimizer step
-    settings = {"r": 4, "alpha": 8.0, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
     adapters = []
     for before in (1, 2):
         torch.manual_seed(before)  # the process's RNG as other work left it
-        finetune(tmp_path / str(before), base_dir, pools, {"mathqa": 1.0}, budget, 0, tok.pad_token_id,
-                 lora_settings=settings)
-        adapters.append(load_file(tmp_path / str(before) / "adapter_model.safetensors"))
-    assert adapters[0].keys() == adapters[1].keys() and len(adapters[0]) == 2 * 2 * 2  # A, B; q, v; 2 layers
+        adapters.append(_adapter(tmp_path / str(before), micro_base))
     assert all(torch.equal(adapters[0][k], adapters[1][k]) for k in adapters[0])
+
+
+def test_gradient_checkpointing_trains_the_same_adapter(micro_base, tmp_path):
+    """Checkpointed blocks behind a frozen embedding get no gradient under reentrant checkpointing unless the
+    input requires one (harness.lora.wrap asks for it; transformers' default is non-reentrant anyway): the adapters
+    train, exactly as without checkpointing (model.gradient_checkpointing is not in a run's key)."""
+    plain, checkpointed = _adapter(tmp_path / "plain", micro_base), _adapter(tmp_path / "gc", micro_base, True)
+    assert any(k for k in plain if "lora_B" in k and plain[k].abs().sum() > 0)  # B starts at 0: it was trained
+    assert all(torch.equal(plain[k], checkpointed[k]) for k in plain)
 
 
 def test_lora_params_count_gpt2_s_conv1d_layers_as_peft_trains_them():
@@ -153,3 +175,45 @@ def test_the_real_cli_names_an_unknown_target_module_in_one_line(tmp_path):
                                   f"no layer; the linear layers LoRA can adapt there: {LLAMA_LAYERS}"), proc.stderr
     assert list(tmp_path.iterdir()) == []
 
+
+def _lora_cmd(out: Path, cache: Path) -> list[str]:
+    return [sys.executable, "-m", "harness", *LORA, *FAST, f"output_dir={out}", f"cache_dir={cache}"]
+
+
+@pytest.mark.slow
+def test_a_lora_run_killed_in_its_second_fine_tune_resumes_to_the_uninterrupted_summary(tmp_path):
+    reference = subprocess.run(_lora_cmd(tmp_path / "ref", tmp_path / "ref-cache"), capture_output=True, text=True,
+                               timeout=600)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    proc = subprocess.Popen(_lora_cmd(out, cache), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.stdout is not None
+    misses = []
+    for line in proc.stdout:
+        if "cache miss train/" in line:
+            misses.append(line.split("cache miss train/")[1].split()[0])
+            if len(misses) == 2:
+                time.sleep(1.0)  # into the second fine-tune (each takes ~10 s here)
+                proc.send_signal(signal.SIGKILL)
+                break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    first, second = misses
+    assert (cache / "train" / first / "adapter_model.safetensors").is_file()  # the first adapter was finished
+    assert not (cache / "train" / second).exists() and list(cache.glob("train/.*.tmp-*"))  # the second was not
+
+    final = subprocess.run(_lora_cmd(out, cache), capture_output=True, text=True, timeout=600)
+    assert final.returncode == 0, final.stderr[-3000:]
+    log = final.stdout + final.stderr
+    assert f"cache hit train/{first}" in log  # the finished adapter is reused, not retrained
+    retrained = [line.split("cache miss train/")[1].split()[0] for line in log.splitlines()
+                 if "cache miss train/" in line]
+    assert retrained[0] == second and first not in retrained and len(retrained) == 2, retrained
+    assert not list(cache.rglob(".*.tmp-*")), "the dead build's debris is cleaned up"
+
+    ref = (tmp_path / "ref" / "summary.json").read_text().replace(str(tmp_path / "ref-cache"), "<cache>")
+    got = (out / "summary.json").read_text().replace(str(cache), "<cache>")
+    differences = _diff(_strip(json.loads(ref)), _strip(json.loads(got)))
+    assert differences == [], "\n".join(differences[:20])
