@@ -94,7 +94,7 @@ def _from_cause(err: Exception, overrides: list[str]) -> str:
     given = next((o.partition("=")[2] for o in overrides if o.partition("=")[0].lstrip("+~") == key), None)
     value = getattr(cause, "value", None)
     got = {bool: "true/false", int: "an integer", float: "a decimal number", str: "a string", list: "a list",
-           dict: "a mapping"}.get(type(value), type(value).__name__)
+           dict: "a mapping", type(None): "null"}.get(type(value), type(value).__name__)
     item = f" (item {full_key[len(key):]} is {got})" if full_key != key else f", not {got}"
     return f"{key}={given if given is not None else value}: must be {wanted}{item}"
 

@@ -20,7 +20,9 @@ from harness.models import (
     convert_smollm2,
     fingerprint_folder,
     locate_hf,
+    planned_config,
     smollm2_gguf,
+    tiny_config,
 )
 from harness.runs import DATA_VERSION, TRAIN_VERSION
 from harness.tokens import TOKENIZE_VERSION
@@ -39,6 +41,24 @@ class Base:
 def load_options(model_cfg: DictConfig) -> LoadOptions:
     return LoadOptions(trust_remote_code=model_cfg.trust_remote_code, use_safetensors=model_cfg.use_safetensors,
                        use_fast_tokenizer=model_cfg.use_fast_tokenizer)
+
+
+def base_config(model_cfg: DictConfig, folder: Path | None = None, plan: bool = False) -> Any:
+    """The transformers config of the base a `model` preset names, read without its weights: a tiny base's from
+    the preset (its tokenizer may come out a few hundred tokens smaller than `vocab_size`), an hf checkpoint's
+    config.json from `folder` (located when not given; in a plan, the preset's stated `architecture`), SmolLM2's
+    from its GGUF. Raises ModelSourceError for a checkpoint that cannot be found."""
+    from transformers import AutoConfig
+
+    if model_cfg.source == "tiny":
+        return tiny_config(model_cfg)
+    if model_cfg.source == "hf":
+        if folder is None and plan and model_cfg.architecture is not None:
+            return planned_config(model_cfg.architecture)
+        folder = folder or locate_hf(model_cfg.name_or_path, model_cfg.revision, load_options(model_cfg))
+        return AutoConfig.from_pretrained(folder, trust_remote_code=model_cfg.trust_remote_code)
+    gguf = smollm2_gguf()  # the GGUF's own config, read without de-quantising it
+    return AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
 
 
 def runtime_spec(runtime: Runtime) -> dict[str, str]:

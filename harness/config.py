@@ -273,6 +273,11 @@ def presets(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
+def model_preset(name: str) -> DictConfig:
+    """A `model` preset (conf/model/<name>.yaml) typed by the schema, as a comparison composes it."""
+    return OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml"))
+
+
 def did_you_mean(value: str, options: list[str] | tuple[str, ...]) -> str:
     """" Did you mean 'x'?" for the closest option, or "" (difflib, as lm-eval's registry does)."""
     close = difflib.get_close_matches(str(value), [str(o) for o in options], n=1, cutoff=0.6)

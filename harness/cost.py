@@ -25,6 +25,8 @@ from functools import lru_cache
 import torch
 from transformers import AutoModelForCausalLM, PretrainedConfig
 
+from harness import lora
+
 # Parameter names of a gated (GLU) MLP's gate: the gate adds two intermediate-sized activations per token.
 _GATE_NAMES = frozenset({"gate_proj", "gate_up_proj", "up_gate_proj", "w1", "w3"})
 
@@ -140,22 +142,15 @@ def train_flops(config: PretrainedConfig, tokens: int, seq_len: int, adapter_par
     return float(4 * matmul_params(config) + 3 * attention + 6 * adapter_params) * tokens
 
 
-def _matches(name: str, targets: tuple[str, ...]) -> bool:
-    """peft's rule for a list of target_modules: the module's name is one of them or ends in ".<one of them>"."""
-    return any(name == t or name.endswith(f".{t}") for t in targets)
-
-
 @lru_cache(maxsize=64)
 def _lora_params_cached(key: _ByContent, r: int, targets: tuple[str, ...]) -> int:
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(copy.deepcopy(key.config))
-    return sum(r * (m.in_features + m.out_features) for name, m in model.named_modules()
-               if isinstance(m, torch.nn.Linear) and _matches(name, targets))
+    return sum(r * (n_in + n_out) for name, (n_in, n_out) in lora.layers(key.config).linear.items()
+               if lora.matches(name, targets))
 
 
 def lora_params(config: PretrainedConfig, r: int, target_modules: list[str]) -> int:
-    """Parameters of LoRA adapters of rank r on every nn.Linear that `target_modules` names (A: r x in, B: out x r),
-    counted on the meta model as peft would place them."""
+    """Parameters of LoRA adapters of rank r on every linear layer (nn.Linear, GPT-2's Conv1D) that `target_modules`
+    names (A: r x in, B: out x r), counted on the meta model as peft would place them."""
     return _lora_params_cached(_ByContent(config), r, tuple(target_modules))
 
 

@@ -5,6 +5,8 @@ loadable anywhere with `PeftModel.from_pretrained(base, folder)`)."""
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,9 @@ import torch
 
 ADAPTER_CONFIG = "adapter_config.json"  # what peft's save_pretrained writes beside adapter_model.safetensors
 ADAPTER = "default"  # peft's name for a model's single adapter
+# In every LoRA run's key: bump when a change alters what a LoRA run trains (full runs' keys never hold it).
+# 2: each adapter's initialisation is seeded (before, it followed whatever the process had run first)
+LORA_VERSION = 2
 
 
 def settings(training: Any) -> dict[str, Any]:
@@ -20,8 +25,72 @@ def settings(training: Any) -> dict[str, Any]:
     if training.method == "full":
         return {}
     lora = training.lora
-    return {"method": "lora", "lora": {"r": int(lora.r), "alpha": float(lora.alpha), "dropout": float(lora.dropout),
-                                       "target_modules": sorted(str(t) for t in lora.target_modules)}}
+    return {"method": "lora", "version": LORA_VERSION,
+            "lora": {"r": int(lora.r), "alpha": float(lora.alpha), "dropout": float(lora.dropout),
+                     "target_modules": sorted(str(t) for t in lora.target_modules)}}
+
+
+def matches(name: str, targets: list[str] | tuple[str, ...]) -> bool:
+    """peft's rule for a list of target_modules: the module's name is one of them or ends in ".<one of them>"."""
+    return any(name == t or name.endswith(f".{t}") for t in targets)
+
+
+@dataclass(frozen=True)
+class Layers:
+    """What `target_modules` can name in a model, by full module name."""
+
+    linear: dict[str, tuple[int, int]]  # each nn.Linear and GPT-2 Conv1D: (in, out) features
+    tied: dict[str, str]  # linear layers whose weight is another module's parameter (a tied LM head): -> that one
+    other: dict[str, str]  # every other module: its class
+
+
+def layers(config: Any) -> Layers:
+    """The layers of the causal LM `config` describes, built on the meta device (no memory, no weights read)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.pytorch_utils import Conv1D
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(copy.deepcopy(config))
+    owner = {id(p): name for name, p in model.named_parameters()}  # a tied tensor under its first name only
+    linear, tied, other = {}, {}, {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            linear[name] = (module.in_features, module.out_features)
+        elif isinstance(module, Conv1D):
+            linear[name] = (module.weight.shape[0], module.weight.shape[1])  # Conv1D stores its weight (in, out)
+        else:
+            if name:
+                other[name] = type(module).__name__
+            continue
+        if owner[id(module.weight)] != f"{name}.weight":
+            tied[name] = owner[id(module.weight)]
+    return Layers(linear, tied, other)
+
+
+def target_problem(config: Any, targets: list[str], model: str) -> str:
+    """"" when every name in `targets` (training.lora.target_modules) adapts linear layers of the model `config`
+    describes (`model` names it in the message), else one line: the names that match no layer, a layer that is not
+    linear (peft fails on it) or a weight tied to another (peft trains the adapter on that layer alone but merges
+    it into the shared weight, so evaluation and DEM's vector would see another model), and the names that work.
+    peft alone fails only when no name matches, and then only as the first run starts."""
+    found = layers(config)
+    problems, unknown = [], []
+    for t in targets:
+        tied = [n for n in found.tied if matches(n, [t])]
+        other = [f"{n} ({kind})" for n, kind in found.other.items() if matches(n, [t])]
+        if tied:
+            problems.append(f"'{t}' names {tied[0]}, whose weight is tied to {found.tied[tied[0]]} "
+                            "(tie_word_embeddings): its adapter would be trained on one layer and merged into both")
+        elif other:
+            problems.append(f"'{t}' names {other[0]}, not a linear layer")
+        elif not any(matches(n, [t]) for n in found.linear):
+            unknown.append(f"'{t}'")
+    if unknown:
+        problems.insert(0, f"{', '.join(unknown)} name{'s' if len(unknown) == 1 else ''} no layer")
+    if not problems:
+        return ""
+    names = dict.fromkeys(n.rsplit(".", 1)[-1] for n in found.linear if n not in found.tied)
+    return f"in {model}, {', '.join(problems)}; the linear layers LoRA can adapt there: {', '.join(names)}"
 
 
 def wrap(model: torch.nn.Module, lora: dict[str, Any], gradient_checkpointing: bool = False) -> Any:

@@ -185,21 +185,26 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
                                    unk_token=None, model_max_length=1_000_000)
 
 
+def tiny_config(cfg: Any, **fields: Any) -> LlamaConfig:
+    """The Llama a `tiny` model preset describes; `fields` add to it or override it (the trained tokenizer's
+    vocabulary size and special tokens, which may come out a few hundred tokens smaller than `vocab_size`)."""
+    return LlamaConfig(**{
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_heads,
+        "max_position_embeddings": cfg.max_seq_len,
+        "tie_word_embeddings": True,
+        **fields,
+    })
+
+
 def build_model(cfg: Any, tokenizer: PreTrainedTokenizerFast, seed: int) -> LlamaForCausalLM:
     """A freshly initialised Llama from the `model` config group (fp32: bf16 is ~35x slower on these CPUs)."""
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.num_heads,
-        max_position_embeddings=cfg.max_seq_len,
-        tie_word_embeddings=True,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config = tiny_config(cfg, vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
+                         bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(seed)
     return LlamaForCausalLM(config).float()
 

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from transformers import AutoConfig, LlamaConfig
+from transformers import AutoConfig
 
 from harness import cost, lora, provenance
 from harness.arms import Arm, Candidate, Context, Planned, make_arm
-from harness.base import load_options, prepare_base, runtime_spec
+from harness.base import base_config, load_options, prepare_base, runtime_spec
 from harness.cache import Entry, RunCache, spec_key
-from harness.config import CONF_DIR, ModelConfig, plain
+from harness.config import model_preset, plain
 from harness.contamination import affected, check, overlap, task_documents, training_texts
 from harness.data import bbh_object_counting, generate_splits
 from harness.evaluation import (
@@ -41,7 +41,7 @@ from harness.evaluation import (
 )
 from harness.executor import make_executor
 from harness.mirror import hub_mirror
-from harness.models import DTYPES, load_model, load_tokenizer, planned_config, resolve_runtime
+from harness.models import DTYPES, load_model, load_tokenizer, resolve_runtime
 from harness.perplexity import perplexity, selection_score, sums_of
 from harness.perturb import VERSION as PERTURB_VERSION
 from harness.plan import Row, describe, device_hours_text, measured_flops_per_second, resources, run_table
@@ -246,8 +246,7 @@ def make_context(cfg: DictConfig, cache: RunCache, out: Path, splits: dict[str, 
     def for_model(preset: str) -> Context:
         """This comparison's context for another model preset (RegMix's proxy model): same data and device."""
         if preset not in others:
-            model = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(CONF_DIR / "model" /
-                                                                                       f"{preset}.yaml"))
+            model = model_preset(preset)
             model.device, model.dtype = cfg.model.device, cfg.model.dtype
             sub = OmegaConf.merge(cfg, {"model": model})
             others[preset] = make_context(sub, cache, out, splits, build)
@@ -258,22 +257,11 @@ def make_context(cfg: DictConfig, cache: RunCache, out: Path, splits: dict[str, 
 
 
 def planned_model_config(cfg: DictConfig, base_path: Path, options: Any) -> Any:
-    """The base's config for cost estimates before it exists: a tiny base's is known from the config (its
-    tokenizer may come out a few hundred tokens smaller than `vocab_size`)."""
+    """The base's config for cost estimates before it exists: its own once built or located, else what the
+    preset describes (harness.base.base_config)."""
     if (base_path / "config.json").exists():
         return AutoConfig.from_pretrained(base_path, trust_remote_code=options.trust_remote_code)
-    if cfg.model.architecture is not None:  # an hf preset not found locally: its stated config.json fields
-        return planned_config(cfg.model.architecture)
-    if cfg.model.source == "tiny":
-        m = cfg.model
-        return LlamaConfig(vocab_size=m.vocab_size, hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
-                           num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads,
-                           num_key_value_heads=m.num_heads, max_position_embeddings=m.max_seq_len,
-                           tie_word_embeddings=True)
-    from harness.models import smollm2_gguf  # the GGUF's own config, read without de-quantising it
-
-    gguf = smollm2_gguf()
-    return AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    return base_config(cfg.model, plan=True)
 
 
 def all_planned(ctx: Context, arms: list[Arm], done: Mapping[str, Entry]) -> list[Planned]:

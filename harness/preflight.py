@@ -102,10 +102,39 @@ def preflight(cfg: DictConfig) -> None:
             smollm2_gguf()
     except ModelSourceError as err:
         raise ConfigError(str(err)) from None
+    check_lora(cfg, folder)
     check_data_files(cfg)
     if not cfg.plan_only:  # a plan reads no evaluation data
         check_eval_datasets_reachable(cfg)
     check_generation_lengths(cfg, folder)
+
+
+# ------------------------------------------------------------------------------------------------ LoRA
+
+
+def check_lora(cfg: DictConfig, hf_folder: Path | None = None) -> None:
+    """training.method=lora: every name in training.lora.target_modules adapts linear layers of the model, and of
+    RegMix's proxy model, which trains adapters too (harness.lora.target_problem); read from the models' configs,
+    no weights. peft would skip a name that matches nothing as long as another one matches."""
+    if cfg.training.method != "lora":
+        return
+    from harness import lora
+    from harness.base import base_config
+    from harness.config import model_preset
+    from harness.models import ModelSourceError
+
+    models = [(f"model={cfg.model.preset}", cfg.model, hf_folder)]
+    proxy = cfg.mixing.proxy_model
+    if proxy and "regmix" in (cfg.mixing.method, *cfg.mixing.compare):
+        models.append((f"mixing.proxy_model={proxy}", model_preset(proxy), None))
+    for where, model, folder in models:
+        try:
+            config = base_config(model, folder, plan=cfg.plan_only)
+        except ModelSourceError as err:
+            raise ConfigError(f"{where}: {err}") from None
+        problem = lora.target_problem(config, list(cfg.training.lora.target_modules), where)
+        if problem:
+            raise ConfigError(f"training.lora.target_modules: {problem}")
 
 
 # ------------------------------------------------------------------------------------------------ scheduler
@@ -301,19 +330,7 @@ def model_context_length(cfg: DictConfig, hf_folder: Path | None = None) -> int:
     """The context length lm-eval will assume for the model (its own rule, lm_eval.models.utils.resolve_max_length,
     on the model's config; 2048 where the config names none)."""
     from lm_eval.models.utils import resolve_max_length
-    from transformers import AutoConfig
 
-    if cfg.model.source == "tiny":
-        return int(cfg.model.max_seq_len)
-    if cfg.model.source == "hf" and hf_folder is None and cfg.model.architecture is not None:
-        from harness.models import planned_config  # a plan: the preset's stated architecture, no hub
+    from harness.base import base_config
 
-        config = planned_config(cfg.model.architecture)
-    elif hf_folder is not None:
-        config = AutoConfig.from_pretrained(hf_folder, trust_remote_code=cfg.model.trust_remote_code)
-    else:
-        from harness.models import smollm2_gguf
-
-        gguf = smollm2_gguf()
-        config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    return int(resolve_max_length(config, None, default=2048))
+    return int(resolve_max_length(base_config(cfg.model, hf_folder, plan=cfg.plan_only), None, default=2048))

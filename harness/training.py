@@ -117,6 +117,9 @@ def finetune(out_dir: Path | None, base_dir: Path, pools: dict[str, list[Sequenc
     model = load_model(base_dir, runtime, options or LoadOptions())
     adapter_params = None
     if lora_settings is not None:
+        # peft draws each adapter's A from torch's RNG before Trainer seeds it: seed it here, or the adapter would
+        # depend on what ran earlier in this process (a resumed comparison would train a different one)
+        torch.manual_seed(seed)
         model = lora.wrap(model, lora_settings, gradient_checkpointing)
         adapter_params = lora.trainable_params(model)
     record = train(model, x, y, batch_size=budget.batch_size, lr=budget.lr, warmup_ratio=budget.warmup_ratio,
