@@ -381,6 +381,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     need(0 <= c.budget.warmup_ratio < 1, "budget.warmup_ratio", "must be in [0, 1)")
 
     problems += _check_training(c.training)
+    problems += _check_mixing(c)
     e = c.executor
     need(e.name in EXECUTORS, "executor.name", one_of(EXECUTORS, e.name))
     need(e.max_parallel >= 1, "executor.max_parallel", "must be >= 1")
@@ -418,7 +419,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     if problems:  # a value out of range is answered before the checks below import torch and lm-eval (seconds)
         raise ConfigError("; ".join(problems))
 
-    problems += _check_mixing(c)  # the arms' registry, the merge strategies, lm-eval's task index
+    problems += _check_arms(c)  # the arms' registry, the merge strategies, lm-eval's task index
     if c.eval.score_models is not None and not problems:
         problems += _check_score_models(c)
     problems += _check_strategy(c)
@@ -486,18 +487,20 @@ def _check_training(t: DictConfig) -> list[str]:
 MIXING_METHODS = ("grid", "regmix", "uniform", "proportional", "temperature")
 
 
-def _check_mixing(c: DictConfig) -> list[str]:
-    """Arms, mixing methods and budget mode: everything a baseline needs, before any training."""
+def _check_arms(c: DictConfig) -> list[str]:
+    """Every name in `arms` is a registered arm (importing the arms: torch, seconds)."""
     from harness.arms import ARMS as registered
     from harness.arms import _load_builtin_arms
 
     _load_builtin_arms()
+    return [f"arms: unknown arm '{arm}'.{did_you_mean(arm, sorted(registered))} "
+            f"Available: {', '.join(sorted(registered))}" for arm in c.arms if arm not in registered]
+
+
+def _check_mixing(c: DictConfig) -> list[str]:
+    """Mixing methods and budget mode: everything a baseline needs, before any training."""
     problems = []
     m, names = c.mixing, list(c.data.distributions)
-    for arm in c.arms:
-        if arm not in registered:
-            problems.append(f"arms: unknown arm '{arm}'.{did_you_mean(arm, sorted(registered))} "
-                            f"Available: {', '.join(sorted(registered))}")
     if len(set(c.arms)) != len(c.arms) or not {"data_mixing", "dem"} <= set(c.arms):
         problems.append(f"arms={list(c.arms)}: distinct arms, including data_mixing and dem (the comparison every "
                         "report and cost ratio is about); add others beside them")
