@@ -1,7 +1,7 @@
 """Linear merges of LoRA adapters without dense vectors (dem/adapter_merge.py) on a tiny random Llama and three
 random peft adapters of different ranks and alphas (B non-zero): the registry's dense merge θ₀ + Σ wᵢΔᵢ, the
 merged adapter reloaded with `PeftModel.from_pretrained`, and the search session's adapter weighting give the
-same logits, and a search runs on it in one process or as a worker."""
+same logits; `dem-bench-merge` takes adapters as inputs and writes both outputs, and refuses what it cannot do."""
 
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ import optuna
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from dem.adapter_merge import AdapterMergeError, AdapterSession
 from dem.merge import get_strategy, merge_state
+from dem.merge_cli import main
 from dem.search import WorkerSpec, finished_trials, open_storage, run_worker, search_weights, storage_location
 from harness import lora
 from harness.cache import sha256_file
@@ -142,3 +144,68 @@ def test_non_linear_strategies_and_mismatched_adapters_are_refused(adapters, tmp
     fewer = _adapter(base, tmp_path / "qv", 2, 4.0, 7, ["q_proj", "v_proj"])
     with pytest.raises(AdapterMergeError, match="adapt different modules"):
         AdapterSession(load_model(base), [folders[0], fewer], get_strategy("dem"), {})
+
+
+def _merge(args: list[str]) -> int:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    return exit_info.value.code
+
+
+def test_merge_cli_takes_adapters_and_writes_a_dense_checkpoint_and_one_adapter(adapters, tmp_path, capsys):
+    base, folders = adapters
+    out, out_adapter = tmp_path / "dense", tmp_path / "adapter"
+    main(["--base", str(base), *[a for i, f in enumerate(folders) for a in ("--model", f"d{i}={f}")],
+          *[a for i, w in enumerate(WEIGHTS) for a in ("--weight", f"d{i}={w}")],
+          "--out", str(out), "--out-adapter", str(out_adapter)])
+    assert capsys.readouterr().out.strip().endswith(f"{out.resolve()} and {out_adapter.resolve()}")
+    expected = copy_params(_dense(base, folders, WEIGHTS, "dem", {}))
+    written = load_file(str(out / "model.safetensors"))
+    for k, v in expected.items():
+        torch.testing.assert_close(written[k], v, rtol=0, atol=1e-6)
+    x = torch.randint(0, 128, (2, 24), generator=torch.Generator().manual_seed(3))
+    reloaded = PeftModel.from_pretrained(load_model(base), str(out_adapter))
+    assert _close(_logits(reloaded, x), _logits(load_model(out), x)) <= 1e-5
+    assert json.loads((out_adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
+        base.resolve())
+
+    ties = tmp_path / "ties"  # a non-linear strategy densifies the adapters
+    main(["--base", str(base), "--model", f"a={folders[0]}", "--model", f"b={folders[1]}", "--method", "ties",
+          "--param", "density=0.5", "--out", str(ties)])
+    vectors = [lora.dense_vector(load_model(base), f) for f in folders[:2]]
+    expected = merge_state(copy_params(load_model(base)), vectors, [1.0, 1.0], "ties", {"density": 0.5})
+    written = load_file(str(ties / "model.safetensors"))
+    for k, v in expected.items():
+        torch.testing.assert_close(written[k], v, rtol=0, atol=1e-6)
+
+
+def test_merge_cli_refuses_adapter_merges_it_cannot_do_with_one_line(adapters, tmp_path, capsys):
+    base, folders = adapters
+    fewer = _adapter(base, tmp_path / "qv", 2, 4.0, 7, ["q_proj", "v_proj"])
+    torch.manual_seed(1)
+    _llama(hidden=48).save_pretrained(tmp_path / "wide_base")
+    wide = _adapter(tmp_path / "wide_base", tmp_path / "wide", 2, 4.0, 8)
+    full = tmp_path / "full"
+    load_model(base).save_pretrained(full)
+    models = ["--model", f"a={folders[0]}", "--model", f"b={folders[1]}"]
+    good = ["--base", str(base), *models]
+    adapter_out = ["--out-adapter", str(tmp_path / "o")]
+    cases = [
+        ([*good, "--method", "ties", *adapter_out], "--out-adapter: merge 'ties' is not θ₀ + Σ cᵢΔᵢ"),
+        ([*good, "--method", "linear", "--param", "normalize=false", *adapter_out], "merge 'linear' is not"),
+        ([*good, "--model", f"c={fewer}", *adapter_out], "adapt different modules"),
+        ([*good, "--model", f"c={full}", *adapter_out], f"--model c={full} is a full checkpoint"),
+        ([*good, "--model", f"c={wide}", *adapter_out], "adapters were trained on different bases"),
+        (["--base", str(base), "--model", f"c={wide}", *adapter_out], f"{wide}: does not fit the base model"),
+        ([*good, "--model", f"c={wide}", "--out", str(tmp_path / "o")], f"c: adapter {wide} does not fit the base"),
+        (good, "no output: give --out DIR"),
+        ([*good, "--out", str(tmp_path / "o"), "--out-adapter", str(tmp_path / "o" / "a")], "lies inside --out"),
+        ([*good, "--out", str(tmp_path / "o"), "--export-mergekit", str(tmp_path / "m.yaml")],
+         "adapter inputs are not exported"),
+    ]
+    capsys.readouterr()
+    for args, expected in cases:
+        assert _merge(args) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], (args, err)
+    assert not (tmp_path / "o").exists()
