@@ -105,10 +105,12 @@ def read_factors(model: torch.nn.Module, folders: list[Path], sha256: list[str] 
             raise AdapterMergeError(f"adapters differ in {key}: {values}")
     bases = {c.get("base_model_name_or_path") for c in configs} - {None, ""}
     if len(bases) > 1:
-        raise AdapterMergeError(f"adapters were trained on different bases: {', '.join(sorted(map(str, bases)))}")
+        raise AdapterMergeError(f"adapters were trained on different bases: {', '.join(sorted(map(str, bases)))} "
+                                "(if these name one model, make base_model_name_or_path in adapter_config.json agree)")
     for folder, expected in zip(folders, sha256 or [], strict=bool(sha256)):
-        if sha256_file(Path(folder) / WEIGHTS) != expected:
-            raise AdapterMergeError(f"{folder / WEIGHTS}: sha256 differs from the run's record; refusing to merge it")
+        weights = Path(folder) / WEIGHTS
+        if sha256_file(weights) != expected:
+            raise AdapterMergeError(f"{weights}: sha256 differs from the run's record; refusing to merge it")
     names = [f"dem{i}" for i in range(len(folders))]
     peft_model = None
     for name, folder in zip(names, folders, strict=True):
@@ -119,15 +121,14 @@ def read_factors(model: torch.nn.Module, folders: list[Path], sha256: list[str] 
                 peft_model.load_adapter(str(folder), adapter_name=name)
         except (RuntimeError, ValueError, KeyError) as err:
             raise AdapterMergeError(f"{folder}: does not fit the base model ({load_problem(err)})") from None
-    factors, adapted = {}, {}
+    factors = {}
     for module_name, module in peft_model.base_model.model.named_modules():
         if not isinstance(module, LoraLayer):
             continue
         if not isinstance(module, Linear) or set(module.lora_variant) & set(names):
             raise AdapterMergeError(f"{module_name}: {type(module).__name__} LoRA is not a plain Linear adapter")
-        adapted[module_name] = [folders[i] for i, n in enumerate(names) if n in module.lora_A]
-        if len(adapted[module_name]) != len(folders):
-            missing = [str(f) for f in folders if f not in adapted[module_name]]
+        missing = [str(f) for n, f in zip(names, folders, strict=True) if n not in module.lora_A]
+        if missing:
             raise AdapterMergeError(f"adapters adapt different modules: {module_name} is not adapted by "
                                     f"{', '.join(missing)}")
         for n, folder in zip(names, folders, strict=True):
