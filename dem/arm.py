@@ -1,21 +1,28 @@
 """The DEM arm (Ram et al. 2024): one fine-tune per distribution from the same base, distribution vectors
 Δᵢ = θᵢ − θ₀, and merge weights searched by Optuna on validation perplexity (one forward pass per trial, no
 training). `dem.merge` is the reported row `dem`; each `dem.compare` strategy is a row `dem_<merge>` searched on the
-same vectors, so it costs no training."""
+same vectors, so it costs no training.
+
+When the fine-tunes are LoRA adapters and a strategy is θ₀ + Σ cᵢΔᵢ (dem, task_arithmetic, linear with normalize),
+no dense Δ is built for it: the search puts every adapter on one model as a single rank-Σr adapter and a trial
+only rescales its B blocks (dem.adapter_merge); the merged model is saved dense and as that one adapter
+(models/<label>/adapter). Other strategies densify each adapter into Δ, as for full fine-tunes."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
 
-from dem.merge import get_strategy, load_strategy_file
-from dem.search import MergeSession, WorkerSpec, search_parallel, search_weights, storage_for, storage_location
+from dem.adapter_merge import WEIGHTS, AdapterSession, is_linear
+from dem.merge import Params, Strategy, get_strategy, load_strategy_file
+from dem.search import MergeSession, Session, WorkerSpec, search_parallel, search_weights, storage_for, storage_location
 from dem.vectors import distribution_vector, dtype_name, load_vectors, save_vector
 from harness import lora
 from harness.arms import Candidate, Context, Planned, PlannedModel, register_arm
@@ -24,6 +31,16 @@ from harness.cache import Entry, spec_key
 from harness.config import strategy_params
 from harness.models import CPU_FP32, DTYPES, Runtime, copy_params, load_model
 from harness.report import write_atomic
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What one search merges: the dense vectors, or the LoRA adapters themselves (AdapterSession)."""
+
+    spec: dict[str, Any]  # how they enter the study's key
+    manifest: dict[str, dict[str, Any]]  # reported as selected.vectors and written beside the merged model
+    session: Callable[[torch.nn.Module, Strategy, Params, int], Session]  # a session on a freshly loaded θ₀
+    worker: dict[str, Any]  # their WorkerSpec fields (vectors, sha256, adapters)
 
 
 @register_arm("dem")
@@ -45,18 +62,48 @@ class DemArm:
 
     def select(self, ctx: Context, done: Mapping[str, Entry]) -> list[Candidate]:
         singles = {n: done[ctx.run_spec({n: 1.0}).key] for n in ctx.names}
-        manifest = self._vectors(ctx, singles)
-        streamed = self.cfg.vectors_on == "cpu"  # kept in host memory, streamed to the device block by block
-        vectors = load_vectors([Path(m["path"]) for m in manifest.values()], [m["sha256"] for m in manifest.values()],
-                               device="cpu" if streamed else ctx.runtime.device,
-                               pin_memory=streamed and ctx.runtime.device.type == "cuda")  # hash-checked, stacked
         for path in self.cfg.plugins:
             load_strategy_file(path)
         specs = [("dem", self.cfg.merge, strategy_params(self.cfg), list(self.cfg.search_params))]
         specs += [(f"dem_{s.merge}", s.merge, strategy_params(s), list(s.search_params)) for s in self.cfg.compare]
         runs = [e.record["key"] for e in singles.values()]
-        return [self._merge(ctx, label, merge, given, searched, vectors, manifest, runs)
-                for label, merge, given, searched in specs]
+        n = len(ctx.names)
+        lora_runs = all(lora.is_adapter(e.path) for e in singles.values())
+        by_adapter = [lora_runs and is_linear(get_strategy(m), get_strategy(m).resolve(given, n), n)
+                      for _, m, given, _ in specs]
+        adapters = self._adapters(ctx, singles) if any(by_adapter) else None
+        dense = self._dense(ctx, singles) if not all(by_adapter) else None  # Δ only for a search that needs it
+        return [self._merge(ctx, label, merge, given, searched, adapters if use else dense, runs)
+                for (label, merge, given, searched), use in zip(specs, by_adapter, strict=True)]
+
+    def _dense(self, ctx: Context, singles: dict[str, Entry]) -> Inputs:
+        """The distribution vectors Δᵢ (hash-checked, stacked) as a search's inputs."""
+        manifest = self._vectors(ctx, singles)
+        streamed = self.cfg.vectors_on == "cpu"  # kept in host memory, streamed to the device block by block
+        vectors = load_vectors([Path(m["path"]) for m in manifest.values()], [m["sha256"] for m in manifest.values()],
+                               device="cpu" if streamed else ctx.runtime.device,
+                               pin_memory=streamed and ctx.runtime.device.type == "cuda")  # hash-checked, stacked
+
+        def session(model: torch.nn.Module, strategy: Strategy, fixed: Params, seed: int) -> Session:
+            return MergeSession(model, vectors, strategy, fixed, seed, vectors_on=self.cfg.vectors_on)
+
+        return Inputs({"vectors": {n: m["sha256"] for n, m in manifest.items()}}, manifest, session,
+                      {"vectors": [m["path"] for m in manifest.values()],
+                       "sha256": [m["sha256"] for m in manifest.values()]})
+
+    def _adapters(self, ctx: Context, singles: dict[str, Entry]) -> Inputs:
+        """The LoRA fine-tunes' adapters as a search's inputs: identified by their weights' hashes and the base
+        (an adapter's bytes alone do not name the model it applies to), so these studies never share a key with
+        a search over dense vectors."""
+        manifest = {n: {"adapter": str(e.path), "sha256": e.record["files"][WEIGHTS], "run": e.record["key"]}
+                    for n, e in singles.items()}
+        paths, hashes = [Path(m["adapter"]) for m in manifest.values()], [m["sha256"] for m in manifest.values()]
+
+        def session(model: torch.nn.Module, strategy: Strategy, fixed: Params, seed: int) -> Session:
+            return AdapterSession(model, paths, strategy, fixed, seed, sha256=hashes)
+
+        return Inputs({"adapters": {n: m["sha256"] for n, m in manifest.items()}, "base": ctx.base.key}, manifest,
+                      session, {"vectors": [], "sha256": hashes, "adapters": [str(p) for p in paths]})
 
     def _vectors(self, ctx: Context, singles: dict[str, Entry]) -> dict[str, dict[str, Any]]:
         """Δᵢ per distribution through the cache: computed in fp32 on the host (the tuned model is opened there,
@@ -81,17 +128,17 @@ class DemArm:
         return manifest
 
     def _merge(self, ctx: Context, label: str, merge: str, given: dict[str, Any], search_params: list[str],
-               vectors: list[dict[str, torch.Tensor]], manifest: dict[str, dict[str, Any]], runs: list[str]
-               ) -> Candidate:
+               inputs: Inputs, runs: list[str]) -> Candidate:
         """Search one strategy's weights (and named parameters) through the cache, then build the reported model
         in one step, θ₀ + merge(best weights), from a freshly loaded θ₀ — the same bits whether the search ran
-        now, resumed, or came from the cache — and save it to models/<label>."""
+        now, resumed, or came from the cache — and save it to models/<label> (an adapter search's merge also as
+        one adapter, models/<label>/adapter)."""
         cfg, names, seed = self.cfg, ctx.names, ctx.seeds.search
         strategy = get_strategy(merge)
         fixed = strategy.resolve(given, len(names))
         searched = {p.name: p.search for p in strategy.params if p.name in search_params}
         metric = ctx.cfg.selection.metric
-        study_spec = {"vectors": {n: m["sha256"] for n, m in manifest.items()}, "merge": merge, "params": fixed,
+        study_spec = {**inputs.spec, "merge": merge, "params": fixed,
                       "search_params": sorted(searched), "sampler": cfg.sampler,
                       "weight_range": list(cfg.weight_range), "grid_points": cfg.grid_points,
                       "prune_fraction": cfg.prune_fraction, "seed": seed, "data": ctx.data_spec,
@@ -115,8 +162,7 @@ class DemArm:
         def searched_study(folder: Path) -> dict[str, Any]:
             if cfg.search_workers > 1:  # each process rebuilds the session from θ₀'s folder and the vector files
                 spec = WorkerSpec(
-                    base=str(ctx.base.path), vectors=[m["path"] for m in manifest.values()],
-                    sha256=[m["sha256"] for m in manifest.values()], merge=merge, fixed=fixed, names=names,
+                    base=str(ctx.base.path), **inputs.worker, merge=merge, fixed=fixed, names=names,
                     storage=storage_location(cfg.storage, ctx.cache.root / "studies" / study, ctx.out),
                     study_name=study, n_trials=cfg.n_trials, sampler=cfg.sampler,
                     weight_range=list(cfg.weight_range), searched=searched, seed=seed, grid_points=cfg.grid_points,
@@ -124,7 +170,7 @@ class DemArm:
                     dtype=dtype_name(ctx.runtime.dtype), options=dataclasses.asdict(ctx.options),
                     vectors_on=cfg.vectors_on, plugins=list(cfg.plugins), label=f"{label} search")
                 return search_parallel(spec, ctx.val, cfg.search_workers, on_trial=on_trial)
-            session = MergeSession(ctx.load(ctx.base.path), vectors, strategy, fixed, seed, vectors_on=cfg.vectors_on)
+            session = inputs.session(ctx.load(ctx.base.path), strategy, fixed, seed)
             return search_weights(
                 session, names, fixed, ctx.val, n_trials=cfg.n_trials, sampler=cfg.sampler,
                 weight_range=list(cfg.weight_range), searched=searched, seed=seed,
@@ -135,17 +181,20 @@ class DemArm:
         search = ctx.cache.get_or_create("search", {**study_spec, "n_trials": cfg.n_trials}, run_search,
                                          f"{label} search")
         record = search.record
-        model = ctx.load(ctx.base.path)
-        MergeSession(model, vectors, strategy, fixed, seed, vectors_on=cfg.vectors_on).set(
-            [record["weights"][n] for n in names], record["params"])
+        session = inputs.session(ctx.load(ctx.base.path), strategy, fixed, seed)
+        session.set([record["weights"][n] for n in names], record["params"])
         folder = ctx.out / "models" / label
+        model = session.model
+        if isinstance(session, AdapterSession):  # the merge as one adapter, then folded into θ₀ for the dense copy
+            session.save_adapter(folder / "adapter")
+            model = session.merged_model()
         model.save_pretrained(folder)
         ctx.tokenizer.save_pretrained(folder)
-        write_atomic(folder / "vectors.json", json.dumps(manifest, indent=2))
-        del model
+        write_atomic(folder / "vectors.json", json.dumps(inputs.manifest, indent=2))
+        del model, session
         return Candidate(label=label, model_key=record["key"], open=lambda: ctx.load(folder), runs=runs,
                          selection_forward_tokens=record["search_forward_tokens"],
                          selected={"weights": record["weights"], "merge": merge, "params": record["params"],
                                    "sampler": cfg.sampler, "n_trials": record["n_trials"],
                                    "search_score": record["val_ppl"],  # its best trial, on the selection slice
-                                   "n_pruned": record["n_pruned"], "vectors": manifest})
+                                   "n_pruned": record["n_pruned"], "vectors": inputs.manifest})

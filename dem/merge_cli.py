@@ -1,9 +1,16 @@
-"""`dem-bench-merge`: merge saved checkpoints with a registered strategy, mergekit-style.
+"""`dem-bench-merge`: merge saved checkpoints or LoRA adapters with a registered strategy, mergekit-style.
 
     dem-bench-merge --base BASE --model math=DIR --model sni=DIR --method ties \\
         --weight math=0.6 --param density=0.5 --out MERGED [--export-mergekit merge.yaml]
+    dem-bench-merge --base BASE --model math=ADAPTER --model sni=ADAPTER --weight math=0.6 \\
+        --out MERGED --out-adapter MERGED_ADAPTER
 
-The output loads with plain `transformers` `from_pretrained`. Every input is checked before any merging;
+A --model folder is a full checkpoint (config.json + *.safetensors) or a peft LoRA adapter trained on BASE
+(adapter_config.json + adapter_model.safetensors). --out writes a dense checkpoint that loads with plain
+`transformers` `from_pretrained` (an adapter enters it as its dense update Δ = (alpha/r)·B·A). --out-adapter writes
+the merge as ONE peft adapter, `PeftModel.from_pretrained(base, DIR)`: every input an adapter on the same modules,
+and a strategy that is θ₀ + Σ cᵢΔᵢ (dem, task_arithmetic, linear with normalize), whose merge of adapters of
+ranks rᵢ is one adapter of rank Σrᵢ. Give --out, --out-adapter or both. Every input is checked before any merging;
 bad input ends with exit code 2 and one line.
 """
 
@@ -14,6 +21,7 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +29,11 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from dem.adapter_merge import AdapterMergeError, AdapterSession, adapter_config, is_linear, load_problem
 from dem.merge import MergeConfigError, Strategy, get_strategy, load_strategy_file, tensor_generator
+from harness import lora
 from harness.errors import HarnessError
+from harness.models import load_model
 
 
 class MergeInputError(HarnessError, ValueError):
@@ -95,17 +106,34 @@ def check_compatible(base: tuple[dict, dict], models: dict[str, tuple[dict, dict
                                       f"{tuple(base_t[key].shape)}")
 
 
+def adapter_delta(base_dir: Path, name: str, folder: Path, base: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The dense update Δ an adapter applies to every tensor of the base checkpoint (zero where it adapts nothing),
+    fp32 — or a one-line error when it does not fit the base or holds NaN/Inf."""
+    try:
+        delta = lora.dense_vector(load_model(base_dir), folder)
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise MergeInputError(f"{name}: adapter {folder} does not fit the base ({load_problem(err)})") from None
+    stray = sorted(set(delta) - set(base))
+    if stray:
+        raise MergeInputError(f"{name}: adapter {folder} updates '{stray[0]}', which the base checkpoint lacks")
+    for key, t in delta.items():
+        if not torch.isfinite(t).all():
+            raise MergeInputError(f"{name}: adapter {folder} puts NaN or Inf into '{key}'")
+    return {k: delta[k] if k in delta else torch.zeros(b.shape) for k, b in base.items() if b.is_floating_point()}
+
+
 def merge_checkpoints(base: dict[str, torch.Tensor], models: dict[str, dict[str, torch.Tensor]],
                       strategy: Strategy, weights: list[float], params: dict[str, Any],
-                      seed: int) -> dict[str, torch.Tensor]:
-    """Merge tensor by tensor in fp32; non-float tensors are copied from the base."""
+                      seed: int, as_delta: frozenset[str] = frozenset()) -> dict[str, torch.Tensor]:
+    """Merge tensor by tensor in fp32; non-float tensors are copied from the base. `models[name]` holds θᵢ's
+    tensors, or for a name in `as_delta` its Δᵢ (an adapter's dense update, fp32)."""
     out = {}
     for key, b in base.items():
         if not b.is_floating_point():
             out[key] = b
             continue
         base32 = b.float()
-        deltas = [m[key].float() - base32 for m in models.values()]
+        deltas = [m[key] if name in as_delta else m[key].float() - base32 for name, m in models.items()]
         out[key] = strategy.merge(base32, deltas, weights, params, tensor_generator(seed, key)).to(b.dtype)
     return out
 
@@ -132,13 +160,13 @@ def mergekit_yaml(strategy: Strategy, base_dir: Path, model_dirs: dict[str, Path
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="dem-bench-merge", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="dem-bench-merge", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Strategies: dem (default), linear, task_arithmetic, ties, dare_linear, "
                                        "dare_ties, breadcrumbs, della, plus any in dem/strategies/ or --plugin.")
     p.add_argument("--base", type=Path, required=True, help="the base model θ₀ (a saved model folder)")
     p.add_argument("--model", action="append", default=[], metavar="NAME=DIR", required=True,
-                   help="a fine-tuned model θᵢ; repeat for each")
+                   help="a fine-tuned model θᵢ or a LoRA adapter trained on --base; repeat for each")
     p.add_argument("--method", default="dem", help="merge strategy (default: dem, θ₀ + Σ wᵢΔᵢ)")
     p.add_argument("--weight", action="append", default=[], metavar="NAME=W",
                    help="weight of model NAME (default 1.0)")
@@ -146,7 +174,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="strategy parameter, mergekit names (density=0.5); KEY.NAME=V for one model")
     p.add_argument("--seed", type=int, default=0, help="seed of random drops (dare_*, della)")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE", help="a file of extra strategies")
-    p.add_argument("--out", type=Path, required=True, help="output folder (written atomically)")
+    p.add_argument("--out", type=Path, help="dense output checkpoint folder (written atomically)")
+    p.add_argument("--out-adapter", type=Path, metavar="DIR",
+                   help="the merge as one LoRA adapter (adapter inputs, a θ₀ + Σ cᵢΔᵢ strategy; written atomically)")
     p.add_argument("--export-mergekit", type=Path, metavar="FILE", help="also write the equivalent mergekit YAML")
     return p.parse_args(argv)
 
@@ -156,18 +186,21 @@ def _inside(a: Path, b: Path) -> bool:
     return a == b or b in a.parents
 
 
-def check_output(out: Path, inputs: list[Path], export: Path | None) -> None:
-    """Before any merging: --out is not an input, does not contain one, is not inside one, is not a file, and its
-    folder is writable; --export-mergekit goes to a writable, existing folder."""
-    out = out.resolve()
-    for folder in inputs:
-        src = folder.resolve()
-        if _inside(out, src) or _inside(src, out):
-            raise MergeInputError(f"--out {out}: is, contains or lies inside the input {src}; pick another folder")
-    if out.exists() and not out.is_dir():
-        raise MergeInputError(f"--out {out}: is a file")
-    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
-        raise MergeInputError(f"--out {out}: its folder {out.parent} does not exist or is not writable")
+def check_output(outs: dict[str, Path], inputs: list[Path], export: Path | None) -> None:
+    """Before any merging: each output folder (`outs`: flag → folder) is not an input, does not contain one, is not
+    inside one or another output, is not a file, and its folder is writable; --export-mergekit goes to a
+    writable, existing folder."""
+    resolved = {flag: out.resolve() for flag, out in outs.items()}
+    for flag, out in resolved.items():
+        others = [(f"the input {f.resolve()}", f.resolve()) for f in inputs]
+        others += [(f"{f} {o}", o) for f, o in resolved.items() if f != flag]
+        for what, src in others:
+            if _inside(out, src) or _inside(src, out):
+                raise MergeInputError(f"{flag} {out}: is, contains or lies inside {what}; pick another folder")
+        if out.exists() and not out.is_dir():
+            raise MergeInputError(f"{flag} {out}: is a file")
+        if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
+            raise MergeInputError(f"{flag} {out}: its folder {out.parent} does not exist or is not writable")
     if export is not None:
         target = export.resolve()
         if target.is_dir():
@@ -179,7 +212,31 @@ def check_output(out: Path, inputs: list[Path], export: Path | None) -> None:
             raise MergeInputError(f"--export-mergekit {target}: lies inside an input model folder")
 
 
-def run(args: argparse.Namespace) -> Path:
+def check_adapter_output(strategy: Strategy, params: dict[str, Any], model_dirs: dict[str, Path],
+                         adapters: set[str]) -> None:
+    """--out-adapter needs adapter inputs only and a merge that is θ₀ + Σ cᵢΔᵢ (one adapter of rank Σrᵢ)."""
+    full = [name for name in model_dirs if name not in adapters]
+    if full:
+        raise MergeInputError(f"--out-adapter: --model {full[0]}={model_dirs[full[0]]} is a full checkpoint, not a "
+                              "LoRA adapter; only adapters merge into an adapter (use --out)")
+    if not is_linear(strategy, params, len(model_dirs)):
+        raise MergeInputError(f"--out-adapter: merge '{strategy.name}' is not θ₀ + Σ cᵢΔᵢ, so its result is not "
+                              "one LoRA adapter (dem, task_arithmetic and linear with normalize are); use --out")
+
+
+def _write_folder(out: Path, fill: Callable[[Path], None]) -> None:
+    """Build a folder beside `out` with `fill(tmp)`, then put it in place of `out` in one rename."""
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        fill(tmp)
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(args: argparse.Namespace) -> list[Path]:
     for path in args.plugin:
         load_strategy_file(path)
     strategy = get_strategy(args.method)
@@ -187,7 +244,11 @@ def run(args: argparse.Namespace) -> Path:
     if len(model_dirs) != len(args.model):
         raise MergeInputError("--model: each NAME must be given once")
     model_dirs = {k: Path(v) for k, v in model_dirs.items()}
-    check_output(args.out, [args.base, *model_dirs.values()], args.export_mergekit)
+    outs = {flag: path for flag, path in (("--out", args.out), ("--out-adapter", args.out_adapter)) if path}
+    if not outs:
+        raise MergeInputError("no output: give --out DIR (a dense checkpoint), --out-adapter DIR (one LoRA adapter) "
+                              "or both")
+    check_output(outs, [args.base, *model_dirs.values()], args.export_mergekit)
     weights = dict.fromkeys(model_dirs, 1.0)
     for name, value in _pairs(args.weight, "--weight"):
         if name not in weights:
@@ -210,44 +271,74 @@ def run(args: argparse.Namespace) -> Path:
         else:
             given[pname] = _number(value, "--param")
     params = strategy.resolve(given, len(model_dirs))
-
-    base = load_checkpoint(args.base)
-    models = {name: load_checkpoint(folder) for name, folder in model_dirs.items()}
-    check_compatible(base, models)
-    merged = merge_checkpoints(base[1], {k: v[1] for k, v in models.items()}, strategy, list(weights.values()),
-                               params, args.seed)
-
-    out = args.out.resolve()
+    adapters = {name for name, folder in model_dirs.items() if lora.is_adapter(folder)}
+    for name in adapters:
+        adapter_config(model_dirs[name])  # a plain LoRA adapter stored as safetensors, or one line saying why
+    if "--out-adapter" in outs:
+        check_adapter_output(strategy, params, model_dirs, adapters)
+    if args.export_mergekit and adapters:
+        raise MergeInputError("--export-mergekit: adapter inputs are not exported (mergekit would need each "
+                              "adapter applied to the base first); merge them with --out and export full checkpoints")
     exported = (mergekit_yaml(strategy, args.base, model_dirs, list(weights.values()), params)
                 if args.export_mergekit else None)  # before writing anything: it can refuse a strategy
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+
+    base = load_checkpoint(args.base)
+    session = None
+    if "--out-adapter" in outs:  # checks that the adapters fit the base and adapt the same modules
+        try:
+            session = AdapterSession(load_model(args.base), list(model_dirs.values()), strategy, params)
+        except AdapterMergeError as err:
+            raise MergeInputError(f"--out-adapter: {err}") from None
+        session.set(list(weights.values()), params)
+    merged = None
+    if "--out" in outs:
+        models = {name: load_checkpoint(folder) for name, folder in model_dirs.items() if name not in adapters}
+        check_compatible(base, models)
+        tensors = {name: adapter_delta(args.base, name, folder, base[1]) if name in adapters else models[name][1]
+                   for name, folder in model_dirs.items()}
+        merged = merge_checkpoints(base[1], tensors, strategy, list(weights.values()), params, args.seed,
+                                   frozenset(adapters))
+    else:
+        check_compatible(base, {})  # the base itself holds no NaN or Inf
+
+    record = {"method": strategy.name, "base": str(args.base.resolve()), "weights": weights, "params": params,
+              "seed": args.seed, "models": {k: str(v.resolve()) for k, v in model_dirs.items()},
+              "adapters": sorted(adapters)}
+
+    def dense(tmp: Path) -> None:
         shutil.copytree(args.base, tmp, ignore=shutil.ignore_patterns("*.safetensors", "*.safetensors.index.json"))
         save_file(merged, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / "dem_bench_merge.json").write_text(json.dumps(
-            {"method": strategy.name, "base": str(args.base.resolve()), "weights": weights, "params": params,
-             "seed": args.seed, "models": {k: str(v.resolve()) for k, v in model_dirs.items()}}, indent=2))
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "dem_bench_merge.json").write_text(json.dumps(record, indent=2))
+
+    def adapter(tmp: Path) -> None:
+        session.save_adapter(tmp, base=str(args.base.resolve()))
+        (tmp / "dem_bench_merge.json").write_text(json.dumps(record, indent=2))
+
+    written = []
+    for flag, fill in (("--out", dense), ("--out-adapter", adapter)):
+        if flag in outs:
+            _write_folder(outs[flag].resolve(), fill)
+            written.append(outs[flag].resolve())
     if exported is not None:
         target = args.export_mergekit.resolve()
         part = target.with_name(f".{target.name}.tmp-{os.getpid()}")
         part.write_text(exported)
         os.replace(part, target)
-    return out
+    return written
 
 
 def main(argv: list[str] | None = None) -> None:
+    from transformers.utils import logging as hf_logging
+
     args = parse_args(argv)
+    hf_logging.disable_progress_bar()  # opening the base for adapters must not print bars around a one-line error
     try:
-        out = run(args)
+        written = run(args)
     except HarnessError as err:
         print(f"dem-bench-merge: error: {err}", file=sys.stderr)
         sys.exit(2)
-    print(f"dem-bench-merge: merged {len(args.model)} models with '{args.method}' into {out}")
+    print(f"dem-bench-merge: merged {len(args.model)} models with '{args.method}' into "
+          f"{' and '.join(map(str, written))}")
 
 
 if __name__ == "__main__":

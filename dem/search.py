@@ -5,7 +5,8 @@ Nothing is reloaded or written per trial. For strategies of the form θ₀ + Σ 
 θ ← θ + Σ (c′ᵢ − cᵢ) Δᵢ in one pass over θ (addmv over stacked vectors, see MergeSession) and no copy of θ₀ is
 kept; other strategies (sign consensus) rebuild from a kept θ₀. What does not depend on the weights (trim masks,
 random drops) is computed once per value of the parameters it reads. The study lives in a storage, so an
-interrupted search resumes.
+interrupted search resumes. LoRA fine-tunes under a linear strategy are searched without dense vectors by
+dem.adapter_merge.AdapterSession, through the same `Session` interface.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import optuna
 import torch
 
+from dem.adapter_merge import AdapterSession
 from dem.merge import MergeConfigError, Params, Strategy, get_strategy, load_strategy_file, tensor_generator
 from dem.vectors import load_vectors
 from harness.data import stable_seed
@@ -123,6 +125,17 @@ def _runs(indices: list[int]) -> list[tuple[int, int]]:
     return runs
 
 
+class Session(Protocol):
+    """What a search needs from a session: `set(weights, params)` makes `model` that merge of the strategy;
+    `replays`: whether a trial's model state depends on the trials before it (so a resumed search replays them)."""
+
+    model: torch.nn.Module
+    strategy: Strategy
+    replays: bool
+
+    def set(self, weights: list[float], params: Params) -> None: ...
+
+
 class MergeSession:
     """A live model plus distribution vectors; `set(weights, params)` makes the model that merge in place.
 
@@ -168,6 +181,7 @@ class MergeSession:
         linear = strategy.coefficients is not None and strategy.coefficients([1.0] * len(vectors), params) is not None
         # Only strategies that are not θ₀ + Σ cᵢΔᵢ rebuild from θ₀ each trial, so only they keep a copy of it.
         self.theta0 = None if linear else [t.clone() for t in self.tensors]
+        self.replays = linear  # in place, a trial's state carries the rounding of the trials before it
         self.block = stage_elements or STAGE_ELEMENTS.get(self.tensors[0].device.type, STAGE_ELEMENTS["cuda"])
         self.buffers: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
 
@@ -309,7 +323,7 @@ class SearchSpace:
             {k: v for k, v in trial.params.items() if k.startswith("p_")})
 
 
-def make_objective(session: MergeSession, space: SearchSpace, val: dict[str, tuple[torch.Tensor, torch.Tensor]],
+def make_objective(session: Session, space: SearchSpace, val: dict[str, tuple[torch.Tensor, torch.Tensor]],
                    prune_fraction: float, metric: str,
                    on_trial: Callable[[int, dict[str, float], float], None] | None = None
                    ) -> Callable[[optuna.Trial], float]:
@@ -352,7 +366,7 @@ def _pruner(prune_fraction: float) -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=5) if prune_fraction else optuna.pruners.NopPruner()
 
 
-def search_weights(session: MergeSession, names: list[str], fixed: Params,
+def search_weights(session: Session, names: list[str], fixed: Params,
                    val: dict[str, tuple[torch.Tensor, torch.Tensor]], *, n_trials: int, sampler: str,
                    weight_range: list[float], searched: dict[str, tuple[float, float]], seed: int,
                    storage: Any, study_name: str, grid_points: int = 5, prune_fraction: float = 0.0,
@@ -386,7 +400,7 @@ def search_weights(session: MergeSession, names: list[str], fixed: Params,
     done = finished_trials(study)
     if done:
         log.info("%s: resuming, %d of %d trials already done", label, len(done), n_trials)
-        if session.theta0 is None:  # in place: rebuild the exact state the finished trials left
+        if session.replays:  # in place: rebuild the exact state the finished trials left
             for t in done:
                 if "infeasible" not in t.user_attrs:
                     session.set(*space.of(t))
@@ -431,7 +445,7 @@ def study_result(study: optuna.Study, space: SearchSpace, label: str = "search",
 
 @dataclass
 class WorkerSpec:
-    """Everything a search worker needs to rebuild its MergeSession from files and join the study: plain data, so
+    """Everything a search worker needs to rebuild its session from files and join the study: plain data, so
     it pickles into a spawned process and round-trips through JSON for a separate job (`python -m dem.search
     SPEC.json`)."""
 
@@ -457,6 +471,8 @@ class WorkerSpec:
     options: dict[str, bool] = field(default_factory=dict)  # harness.models.LoadOptions fields
     vectors_on: VectorsOn = "device"
     plugins: list[str] = field(default_factory=list)  # strategy files (dem.plugins): a fresh process lacks them
+    adapters: list[str] = field(default_factory=list)  # LoRA adapter folders searched as one adapter (AdapterSession)
+    # instead of `vectors` (then empty); `sha256` holds their adapter_model.safetensors hashes
     label: str = "search"
     trials: int = 0  # how many trials this worker runs (worker_specs splits n_trials)
     threads: int = 0  # torch threads for this worker; 0: torch's default
@@ -531,22 +547,28 @@ def worker_specs(spec: WorkerSpec, workers: int) -> list[WorkerSpec]:
 
 
 def run_worker(spec: WorkerSpec, val: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> list[int]:
-    """One search worker: rebuild the session (θ₀ from its folder, the hash-checked vectors), join the study and
-    finish `spec.trials` trials (pruned ones count; a trial that fails, e.g. on a NaN score, is run again).
-    Returns the numbers of the trials it finished. It never touches trials it did not start: other workers may
+    """One search worker: rebuild the session (θ₀ from its folder, the hash-checked vectors or adapters), join the
+    study and finish `spec.trials` trials (pruned ones count; a trial that fails, e.g. on a NaN score, is run
+    again). Returns the numbers of the trials it finished. It never touches trials it did not start: other workers may
     be running them. `val`: the validation blocks, else loaded from `spec.val`."""
     if spec.threads:
         torch.set_num_threads(spec.threads)
     for path in spec.plugins:
         load_strategy_file(path)
     runtime = Runtime(torch.device(spec.device), DTYPES[spec.dtype])
-    streamed = spec.vectors_on == "cpu"
-    vectors = load_vectors([Path(p) for p in spec.vectors], spec.sha256,
-                           device="cpu" if streamed else runtime.device,
-                           pin_memory=streamed and runtime.device.type == "cuda")
-    model = load_model(Path(spec.base), runtime, LoadOptions(**spec.options))
     strategy = get_strategy(spec.merge)
-    session = MergeSession(model, vectors, strategy, spec.fixed, spec.seed, vectors_on=spec.vectors_on)
+    session: Session
+    if spec.adapters:
+        model = load_model(Path(spec.base), runtime, LoadOptions(**spec.options))
+        session = AdapterSession(model, [Path(a) for a in spec.adapters], strategy, spec.fixed, spec.seed,
+                                 sha256=spec.sha256)
+    else:
+        streamed = spec.vectors_on == "cpu"
+        vectors = load_vectors([Path(p) for p in spec.vectors], spec.sha256,
+                               device="cpu" if streamed else runtime.device,
+                               pin_memory=streamed and runtime.device.type == "cuda")
+        model = load_model(Path(spec.base), runtime, LoadOptions(**spec.options))
+        session = MergeSession(model, vectors, strategy, spec.fixed, spec.seed, vectors_on=spec.vectors_on)
     val = val if val is not None else torch.load(spec.val, weights_only=True)
     objective = make_objective(session, spec.space(), val, spec.prune_fraction, spec.metric)
     study = _join(spec, repair=False)  # never repair here: another worker may be appending the last record

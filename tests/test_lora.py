@@ -2,7 +2,8 @@
 
 One CLI run trains every arm's runs as adapters; the tests then check what is in the cache, that an adapter
 reopened with `PeftModel.from_pretrained` gives the fine-tune's cached validation perplexity, that DEM's dense
-Δ is what the adapter applies, and that the FLOPs formula matches torch's own count of a training step."""
+Δ is what the adapter applies, that DEM searches the adapters as one adapter for a linear strategy (and densifies
+them for TIES), and that the FLOPs formula matches torch's own count of a training step."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ from tests.conftest import MICRO, compose_cfg
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # the smallest comparison that trains every arm's runs: grid corners (= DEM's fine-tunes) and the 50/50 mixtures
-FAST = ["data.distributions=[mathqa, sni]", "eval.tasks=[mathqa_mc]", "eval.limit=4", "budget.train_tokens=4096"]
+FAST = ["data.distributions=[mathqa, sni]", "eval.tasks=[mathqa_mc]", "eval.limit=4", "budget.train_tokens=4096",
+        "dem.compare=[{merge: ties, params: {density: 0.5}}]"]  # dem: searched as adapters; ties: densified
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +100,24 @@ def test_dem_s_dense_vector_is_what_the_adapter_applies(lora_run):
     for k in delta:
         torch.testing.assert_close(delta[k], merged[k] - theta0[k], rtol=0, atol=1e-6)
         assert (delta[k].abs().sum() > 0) == (k in adapted)
+
+
+def test_dem_searches_the_adapters_as_one_adapter_and_saves_the_merge_dense_and_as_an_adapter(lora_run):
+    root, args = lora_run
+    ctx = _context(root, args)
+    methods = json.loads((root / "out" / "summary.json").read_text())["methods"]
+    dem, ties = methods["dem"]["selected"], methods["dem_ties"]["selected"]
+    assert set(dem["vectors"]["mathqa"]) == {"adapter", "sha256", "run"}  # the adapters, no dense vector
+    assert ties["vectors"]["mathqa"]["path"].endswith("vector.safetensors")  # TIES needs Δ entries: densified
+    searches = [read_entry(f.parent)["spec"] for f in (root / "cache" / "search").glob("*/record.json")]
+    assert sorted((s["merge"], "adapters" in s, "vectors" in s) for s in searches) == [
+        ("dem", True, False), ("ties", False, True)]
+    folder = root / "out" / "models" / "dem"
+    dense = perplexity(load_model(folder), ctx.val)["val_ppl"]
+    adapter = PeftModel.from_pretrained(load_model(ctx.base.path), str(folder / "adapter"))
+    assert perplexity(adapter, ctx.val)["val_ppl"] == pytest.approx(dense, rel=1e-5)
+    assert dem["search_score"] == pytest.approx(dense, rel=1e-5)  # the best trial's score is the saved model's
+    assert json.loads((folder / "adapter" / "adapter_config.json").read_text())["r"] == 2 * 16
 
 
 def test_lora_training_flops_match_torch_s_count_of_a_training_step():
