@@ -31,6 +31,7 @@ from harness.cache import Entry, spec_key
 from harness.config import strategy_params
 from harness.models import CPU_FP32, DTYPES, Runtime, copy_params, load_model
 from harness.report import write_atomic
+from harness.stopwatch import stage
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,9 @@ class DemArm:
         lora_runs = all(lora.is_adapter(e.path) for e in singles.values())
         by_adapter = [lora_runs and is_linear(get_strategy(m), get_strategy(m).resolve(given, n), n)
                       for _, m, given, _ in specs]
-        adapters = self._adapters(ctx, singles) if any(by_adapter) else None
-        dense = self._dense(ctx, singles) if not all(by_adapter) else None  # Δ only for a search that needs it
+        with stage("dem vectors"):
+            adapters = self._adapters(ctx, singles) if any(by_adapter) else None
+            dense = self._dense(ctx, singles) if not all(by_adapter) else None  # Δ only for a search that needs it
         return [self._merge(ctx, label, merge, given, searched, adapters if use else dense, runs)
                 for (label, merge, given, searched), use in zip(specs, by_adapter, strict=True)]
 
@@ -178,8 +180,9 @@ class DemArm:
                 grid_points=cfg.grid_points, prune_fraction=cfg.prune_fraction, label=f"{label} search",
                 metric=metric, on_trial=on_trial)
 
-        search = ctx.cache.get_or_create("search", {**study_spec, "n_trials": cfg.n_trials}, run_search,
-                                         f"{label} search")
+        with stage(f"search {label}"):
+            search = ctx.cache.get_or_create("search", {**study_spec, "n_trials": cfg.n_trials}, run_search,
+                                             f"{label} search")
         record = search.record
         session = inputs.session(ctx.load(ctx.base.path), strategy, fixed, seed)
         session.set([record["weights"][n] for n in names], record["params"])

@@ -99,6 +99,11 @@ def test_report_files_are_written(first_run):
     assert (out / "models" / "dem" / "model.safetensors").exists()
     assert list((out / "wandb").glob("offline-run-*"))  # tracked offline, to `wandb sync` later
     assert (out / ".hydra" / "config.yaml").exists()  # the resolved config of the run
+    timings = json.loads((out / "timings.json").read_text())  # where the time went, stage by stage
+    stages = {s["stage"] for s in timings["stages"]}
+    assert {"data", "base model", "tokenisation", "plan", "train mathqa=1.00", "dem vectors", "search dem",
+            "lm-eval dem mathqa_mc", "HELM robustness pass", "statistics", "report"} <= stages, stages
+    assert sum(s["seconds"] for s in timings["stages"]) == pytest.approx(timings["total_s"], rel=1e-6)
 
 
 def test_rerun_reuses_every_finished_run_and_names_the_code_that_built_it(first_run):
