@@ -8,8 +8,9 @@ Each run is the CLI itself (`python -m harness`, as `make run` starts it) on a f
 that cache with a new output folder (warm). Stage times come from the run's own `timings.json`
 (harness/stopwatch.py: each stage's self time, so they add up to the whole): data, contamination check, base model,
 tokenisation, plan, each training run, selection per arm (DEM's vectors and search separately), perplexity and
-lm-eval per model (task setup and the HELM-style robustness pass separately), statistics, W&B, report.
-The command's own wall time (interpreter start, imports) is measured around it. Last, the first contact: the time
+lm-eval per model (task setup and the HELM-style robustness pass separately), statistics, W&B.
+The command's own wall time is measured around it: what no stage covers (interpreter start, imports, writing the
+report after timings.json) is its own row. Last, the first contact: the time
 of `dem-bench --help` and of a config error (exit 2), median of 3.
 """
 
@@ -55,7 +56,7 @@ def table(timings: dict, wall: float) -> str:
     sums: dict[str, float] = defaultdict(float)
     for s in timings["stages"]:
         sums[group(s["stage"])] += s["seconds"]
-    sums["process start and imports (outside the pipeline)"] = max(0.0, wall - timings["total_s"])
+    sums["outside the pipeline (start, imports, report files)"] = max(0.0, wall - timings["total_s"])
     width = max(len(k) for k in sums)
     lines = [f"{'stage':<{width}}  {'seconds':>8}  {'share':>6}", "-" * (width + 18)]
     for name, sec in sorted(sums.items(), key=lambda kv: -kv[1]):

@@ -102,7 +102,7 @@ def test_report_files_are_written(first_run):
     timings = json.loads((out / "timings.json").read_text())  # where the time went, stage by stage
     stages = {s["stage"] for s in timings["stages"]}
     assert {"data", "base model", "tokenisation", "plan", "train mathqa=1.00", "dem vectors", "search dem",
-            "lm-eval dem mathqa_mc", "HELM robustness pass", "statistics", "report"} <= stages, stages
+            "lm-eval dem mathqa_mc", "HELM robustness pass", "statistics", "W&B"} <= stages, stages
     assert sum(s["seconds"] for s in timings["stages"]) == pytest.approx(timings["total_s"], rel=1e-6)
 
 
