@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/pipeline_profile.py                    # the embedded default and a SmolLM2 run
     .venv/bin/python benchmarks/pipeline_profile.py --runs default     # the embedded default only
+    .venv/bin/python benchmarks/pipeline_profile.py --runs micro       # the tests' micro comparison (a minute)
     .venv/bin/python benchmarks/pipeline_profile.py --runs default --keep /tmp/prof   # keep outputs and caches
 
 Each run is the CLI itself (`python -m harness`, as `make run` starts it) on a fresh cache (cold), then again on
@@ -32,6 +33,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 RUNS = {
     "default": [],  # `make run`: the embedded default, exactly
+    # the suite's micro comparison (tests/conftest.py MICRO): the profile in a minute
+    "micro": ["model=micro", "data=micro", "budget=micro", "tracking=disabled", "dem.n_trials=3",
+              "eval.helm.robustness=false"],
     # the suite's SmolLM2 run (tests/test_models.py): a real 135M model, a few hundred tokens per fine-tune
     "smollm2": ["model=smollm2", "budget=micro", "budget.train_tokens=512", "budget.batch_size=4", "data=micro",
                 "data.n_val=4", "mixing.grid_step=1", "dem.n_trials=2", "eval.limit=3", "tracking=disabled",
@@ -49,7 +53,7 @@ def cli(args: list[str]) -> tuple[float, subprocess.CompletedProcess]:
 def group(stage: str) -> str:
     """Rows of the table: lm-eval's per-task stages summed per model, robustness and task setup over all."""
     m = re.match(r"lm-eval (\S+) ", stage)
-    return f"lm-eval {m.group(1)}" if m else stage
+    return f"lm-eval {m.group(1)}" if m and stage != "lm-eval task setup" else stage
 
 
 def table(timings: dict, wall: float) -> str:
@@ -82,7 +86,7 @@ def first_contact() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
+    parser.add_argument("--runs", nargs="+", default=["default", "smollm2"], choices=list(RUNS))
     parser.add_argument("--keep", type=Path, help="write outputs and caches here (default: a temporary folder)")
     args = parser.parse_args(argv)
     root = args.keep or Path(tempfile.mkdtemp(prefix="dem-profile-"))
