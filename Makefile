@@ -36,6 +36,7 @@ test: $(VENV)/.test-extra
 
 bench: $(VENV)/.smollm2
 	$(BIN)/python benchmarks/search_overhead.py
+	$(BIN)/python benchmarks/lora_bench.py
 	$(BIN)/python benchmarks/pipeline_profile.py
 
 lint: $(BIN)/dem-bench

@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -88,6 +89,14 @@ def build_smollm2(folder: Path) -> None:
     plain = type(model)(config)
     plain.load_state_dict(model.state_dict())
     plain.save_pretrained(folder)
+
+
+def built_models(names: list[str], work: Path) -> Iterator[tuple[str, Path]]:
+    """Each named model built in its own folder under `work`: (name, folder), the model saved in folder/"model"."""
+    for name in names:
+        folder = work / name
+        (build_tiny if name == "tiny" else build_smollm2)(folder / "model")
+        yield name, folder
 
 
 def make_inputs(model_dir: Path, work: Path, tokens: int, dtypes: list[str]
@@ -234,9 +243,7 @@ def main() -> None:
     torch.manual_seed(0)
     rows = []
     with tempfile.TemporaryDirectory() as work:
-        for name in args.models:
-            folder = Path(work) / name
-            (build_tiny if name == "tiny" else build_smollm2)(folder / "model")
+        for name, folder in built_models(args.models, Path(work)):
             paths, hashes, x = make_inputs(folder / "model", folder, args.tokens, args.vector_dtypes)
             torch.save(x, folder / "x.pt")
             for dt in args.vector_dtypes:

@@ -283,6 +283,8 @@ def run(args: argparse.Namespace) -> list[Path]:
                 if args.export_mergekit else None)  # before writing anything: it can refuse a strategy
 
     base = load_checkpoint(args.base)
+    models = {name: load_checkpoint(folder) for name, folder in model_dirs.items() if name not in adapters}
+    check_compatible(base, models)  # the base and the full checkpoints (an adapter is checked as it is opened)
     session = None
     if "--out-adapter" in outs:  # checks that the adapters fit the base and adapt the same modules
         try:
@@ -292,14 +294,10 @@ def run(args: argparse.Namespace) -> list[Path]:
         session.set(list(weights.values()), params)
     merged = None
     if "--out" in outs:
-        models = {name: load_checkpoint(folder) for name, folder in model_dirs.items() if name not in adapters}
-        check_compatible(base, models)
         tensors = {name: adapter_delta(args.base, name, folder, base[1]) if name in adapters else models[name][1]
                    for name, folder in model_dirs.items()}
         merged = merge_checkpoints(base[1], tensors, strategy, list(weights.values()), params, args.seed,
                                    frozenset(adapters))
-    else:
-        check_compatible(base, {})  # the base itself holds no NaN or Inf
 
     record = {"method": strategy.name, "base": str(args.base.resolve()), "weights": weights, "params": params,
               "seed": args.seed, "models": {k: str(v.resolve()) for k, v in model_dirs.items()},
