@@ -65,18 +65,32 @@ class DemArm:
         singles = {n: done[ctx.run_spec({n: 1.0}).key] for n in ctx.names}
         for path in self.cfg.plugins:
             load_strategy_file(path)
-        specs = [("dem", self.cfg.merge, strategy_params(self.cfg), list(self.cfg.search_params))]
-        specs += [(f"dem_{s.merge}", s.merge, strategy_params(s), list(s.search_params)) for s in self.cfg.compare]
+        specs = self._specs()
         runs = [e.record["key"] for e in singles.values()]
-        n = len(ctx.names)
-        lora_runs = all(lora.is_adapter(e.path) for e in singles.values())
-        by_adapter = [lora_runs and is_linear(get_strategy(m), get_strategy(m).resolve(given, n), n)
-                      for _, m, given, _ in specs]
+        by_adapter = self._by_adapter(len(ctx.names), all(lora.is_adapter(e.path) for e in singles.values()))
         with stage("dem vectors"):
             adapters = self._adapters(ctx, singles) if any(by_adapter) else None
             dense = self._dense(ctx, singles) if not all(by_adapter) else None  # Δ only for a search that needs it
         return [self._merge(ctx, label, merge, given, searched, adapters if use else dense, runs)
                 for (label, merge, given, searched), use in zip(specs, by_adapter, strict=True)]
+
+    def _specs(self) -> list[tuple[str, str, dict[str, Any], list[str]]]:
+        """(label, merge, given parameters, searched parameters) of `dem` and each `dem.compare` row."""
+        specs = [("dem", self.cfg.merge, strategy_params(self.cfg), list(self.cfg.search_params))]
+        return specs + [(f"dem_{s.merge}", s.merge, strategy_params(s), list(s.search_params))
+                        for s in self.cfg.compare]
+
+    def _by_adapter(self, n: int, lora_runs: bool) -> list[bool]:
+        """For each row of `_specs`, whether its search runs on the adapters themselves (no dense Δ)."""
+        return [lora_runs and is_linear(get_strategy(m), get_strategy(m).resolve(given, n), n)
+                for _, m, given, _ in self._specs()]
+
+    def search_inputs(self, ctx: Context) -> str:
+        """What the searches will hold, for the plan's memory and disk lines: "adapters" when every row searches
+        LoRA adapters (no distribution vector is written), else "vectors"."""
+        for path in self.cfg.plugins:
+            load_strategy_file(path)
+        return "adapters" if all(self._by_adapter(len(ctx.names), ctx.adapter_params is not None)) else "vectors"
 
     def _dense(self, ctx: Context, singles: dict[str, Entry]) -> Inputs:
         """The distribution vectors Δᵢ (hash-checked, stacked) as a search's inputs."""

@@ -17,6 +17,8 @@ The contract (both methods are called with `done`, the finished training runs so
   report, each with the runs it will be charged for and the passes its selection will make over the selection
   slice, so the plan can cost training, search and evaluation per arm. An arm without it is costed as one model,
   its planned runs, and no selection passes (the plan says so).
+* `search_inputs(ctx) -> str` (optional) — "vectors" if its selection writes and holds dense distribution
+  vectors, "adapters" if it searches LoRA adapters only; the plan's memory and disk lines count them.
 """
 
 from __future__ import annotations

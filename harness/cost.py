@@ -179,7 +179,8 @@ def layer_activation_bytes(config: PretrainedConfig, *, dtype: torch.dtype, batc
 
 def estimate_memory(config: PretrainedConfig, *, param_dtype: torch.dtype, batch_size: int, seq_len: int,
                     gradient_checkpointing: bool, n_vectors: int, vector_dtype: torch.dtype,
-                    vectors_on: str, adapter_params: int | None = None) -> dict[str, int]:
+                    vectors_on: str, adapter_params: int | None = None,
+                    search_adapters: bool = False) -> dict[str, int]:
     """Peak bytes of a full fine-tune and of the DEM coefficient search, to print a plan before training.
 
     Training: weights, gradients (parameter dtype), AdamW's two states per parameter (torch keeps them in the
@@ -192,7 +193,11 @@ def estimate_memory(config: PretrainedConfig, *, param_dtype: torch.dtype, batch
     Search: `vectors` = n_vectors distribution vectors. On the device: the weights, the vectors if
     `vectors_on == "device"` or, if "cpu", one tensor of every vector streamed at a time (the largest
     parameter), and one forward pass's activations (fp32 logits + one layer). On the host: the vectors if they
-    live there, else one vector (safetensors loads it on the host before it moves).
+    live there, else one vector (safetensors loads it on the host before it moves). With `search_adapters` (LoRA
+    runs and only strategies that are θ₀ + Σ cᵢΔᵢ: dem.adapter_merge) no dense vector exists: `vectors` is the
+    one rank-Σr adapter on the device plus the copy of every B it rescales from, bounded by twice the n_vectors
+    adapters' parameters in the parameter dtype, and `dem.vectors_on` does not apply; the host holds one
+    adapter file as read.
 
     Left out: the CUDA context and allocator fragmentation (often 0.5–2 GB more), fp32 master weights and
     AMP's casts (the dtype is taken as the training dtype), the loss's extra copies of the logits (an upcast and
@@ -214,17 +219,24 @@ def estimate_memory(config: PretrainedConfig, *, param_dtype: torch.dtype, batch
     trained = weights if adapter_params is None else adapter_params * param_dtype.itemsize
     train = {"weights": weights + (0 if adapter_params is None else trained), "gradients": trained,
              "optimizer": 2 * trained, "activations": activations}
-    one_vector = shape.params * vector_dtype.itemsize
-    vectors = n_vectors * one_vector
     search_activations = logits + layer
-    streamed = vectors if vectors_on == "device" else n_vectors * shape.largest * vector_dtype.itemsize
+    if search_adapters:
+        if adapter_params is None:
+            raise ValueError("search_adapters needs adapter_params (the LoRA runs' adapter size)")
+        vectors = 2 * n_vectors * adapter_params * param_dtype.itemsize
+        streamed, host = vectors, min(n_vectors, 1) * adapter_params * torch.float32.itemsize
+    else:
+        one_vector = shape.params * vector_dtype.itemsize
+        vectors = n_vectors * one_vector
+        streamed = vectors if vectors_on == "device" else n_vectors * shape.largest * vector_dtype.itemsize
+        host = vectors if vectors_on == "cpu" else min(n_vectors, 1) * one_vector
     return {
         **train,
         "train_peak": sum(train.values()),
         "vectors": vectors,
         "search_activations": search_activations,
         "search_peak_device": weights + streamed + search_activations,
-        "search_peak_host": vectors if vectors_on == "cpu" else min(n_vectors, 1) * one_vector,
+        "search_peak_host": host,
     }
 
 

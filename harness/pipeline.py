@@ -44,7 +44,15 @@ from harness.mirror import hub_mirror
 from harness.models import DTYPES, load_model, load_tokenizer, resolve_runtime
 from harness.perplexity import perplexity, selection_score, sums_of
 from harness.perturb import VERSION as PERTURB_VERSION
-from harness.plan import Row, describe, device_hours_text, measured_flops_per_second, resources, run_table
+from harness.plan import (
+    Row,
+    describe,
+    device_hours_text,
+    measured_flops_per_second,
+    resources,
+    run_table,
+    search_inputs,
+)
 from harness.report import rows, write_atomic, write_report
 from harness.retention import retention
 from harness.runs import DATA_VERSION, RunSpec, normalise, pool_spec, store_pools, tokenizer_spec
@@ -292,12 +300,15 @@ def plan_text(ctx: Context, arms: list[Arm], done: Mapping[str, Entry]) -> str:
     dtype = str(ctx.runtime.dtype).removeprefix("torch.")
     rate, how = measured_flops_per_second(ctx.cache.root, ctx.runtime.device.type, dtype)
     dem = ctx.cfg.dem
+    searched = search_inputs(ctx, arms)
     vector_dtype = ctx.runtime.dtype if dem.vector_dtype == "auto" else DTYPES[dem.vector_dtype]
     budget = resources(ctx.model_config, dtype=ctx.runtime.dtype, batch_size=ctx.cfg.budget.batch_size,
                        seq_len=ctx.cfg.budget.seq_len, gradient_checkpointing=ctx.cfg.model.gradient_checkpointing,
                        n_vectors=len(ctx.names), vector_dtype=vector_dtype, vectors_on=dem.vectors_on,
-                       n_new_checkpoints=sum(not r.cached for r in table), n_new_vectors=len(ctx.names),
-                       cache_root=ctx.cache.root, check_disk=not ctx.cfg.plan_only, adapter_params=ctx.adapter_params)
+                       n_new_checkpoints=sum(not r.cached for r in table),
+                       n_new_vectors=len(ctx.names) if searched == "vectors" else 0,
+                       cache_root=ctx.cache.root, check_disk=not ctx.cfg.plan_only, adapter_params=ctx.adapter_params,
+                       search_adapters=searched == "adapters")
     return "\n".join([run_table(table, rate, how), describe(budget, ctx.runtime.name),
                       device_hours_text(ctx, arms, done)])
 

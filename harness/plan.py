@@ -44,21 +44,24 @@ class Row:
 def resources(config: PretrainedConfig, *, dtype: torch.dtype, batch_size: int, seq_len: int,
               gradient_checkpointing: bool, n_vectors: int, vector_dtype: torch.dtype, vectors_on: str,
               n_new_checkpoints: int, n_new_vectors: int, cache_root: Path, check_disk: bool = True,
-              adapter_params: int | None = None) -> dict[str, Any]:
+              adapter_params: int | None = None, search_adapters: bool = False) -> dict[str, Any]:
     """Peak memory of one training run and of the coefficient search, and the disk the new cache entries need
     against the disk free under cache_root. Raises PlanError when the disk would not fit, unless not `check_disk`
     (plan_only: the plan may be for another machine, so `describe` only says so). `adapter_params`: LoRA runs,
-    each stored as an adapter of that many parameters instead of a checkpoint."""
+    each stored as an adapter of that many parameters instead of a checkpoint; `search_adapters`: the searches
+    hold those adapters, not dense vectors (cost.estimate_memory)."""
     memory = estimate_memory(config, param_dtype=dtype, batch_size=batch_size, seq_len=seq_len,
                              gradient_checkpointing=gradient_checkpointing, n_vectors=n_vectors,
-                             vector_dtype=vector_dtype, vectors_on=vectors_on, adapter_params=adapter_params)
+                             vector_dtype=vector_dtype, vectors_on=vectors_on, adapter_params=adapter_params,
+                             search_adapters=search_adapters)
     disk = estimate_disk(config, checkpoint_dtype=dtype, n_checkpoints=n_new_checkpoints, n_vectors=n_new_vectors,
                          vector_dtype=vector_dtype, checkpoint_params=adapter_params)
     probe = cache_root
     while not probe.exists():  # the cache folder may not exist yet: measure the disk it will live on
         probe = probe.parent
     free = shutil.disk_usage(probe).free
-    plan = {"params": param_count(config), "memory": memory, "disk": disk, "disk_free": free}
+    plan = {"params": param_count(config), "memory": memory, "disk": disk, "disk_free": free,
+            "search_inputs": "adapters" if search_adapters else "vectors"}
     if disk["total"] > free and check_disk:
         raise PlanError(f"not enough disk under {cache_root}: the plan writes {bytes_human(disk['total'])} "
                         f"({n_new_checkpoints} checkpoints, {n_new_vectors} vectors) but {bytes_human(free)} is "
@@ -73,8 +76,9 @@ def describe(plan: dict[str, Any], device: str) -> str:
             f"{bytes_human(m['train_peak'])} (weights {bytes_human(m['weights'])}, gradients "
             f"{bytes_human(m['gradients'])}, AdamW {bytes_human(m['optimizer'])}, activations "
             f"{bytes_human(m['activations'])}); search peak ≈ {bytes_human(m['search_peak_device'])} on the device "
-            f"(vectors {bytes_human(m['vectors'])}); new disk {bytes_human(d['total'])} (checkpoints "
-            f"{bytes_human(d['checkpoints'])}, vectors {bytes_human(d['vectors'])}) of "
+            f"({plan.get('search_inputs', 'vectors')} {bytes_human(m['vectors'])}); new disk "
+            f"{bytes_human(d['total'])} (checkpoints {bytes_human(d['checkpoints'])}, vectors "
+            f"{bytes_human(d['vectors'])}) of "
             f"{bytes_human(plan['disk_free'])} free" + (" here: NOT ENOUGH for a run on this machine"
                                                         if d["total"] > plan["disk_free"] else ""))
 
@@ -256,7 +260,14 @@ def model_costs(ctx: Any, arms: list[Any], done: Mapping[str, Any]) -> tuple[lis
     return rows, notes
 
 
-def memory_fit(ctx: Any, acc: Any) -> str:
+def search_inputs(ctx: Any, arms: list[Any]) -> str | None:
+    """What the arms' searches hold, from their optional `search_inputs(ctx)`: "adapters" (LoRA adapters only, no
+    dense vector written), "vectors", or None when no arm searches."""
+    kinds = {arm.search_inputs(ctx) for arm in arms if hasattr(arm, "search_inputs")}
+    return None if not kinds else "adapters" if kinds == {"adapters"} else "vectors"
+
+
+def memory_fit(ctx: Any, acc: Any, search_adapters: bool = False) -> str:
     """Whether one training run and the DEM search fit the accelerator's memory, in the dtype they would run in
     there (model.dtype auto is bf16 on these GPUs, whatever this machine runs; the memory line above is for this
     machine)."""
@@ -266,7 +277,7 @@ def memory_fit(ctx: Any, acc: Any) -> str:
     m = estimate_memory(ctx.model_config, param_dtype=dtype, batch_size=cfg.budget.batch_size,
                         seq_len=cfg.budget.seq_len, gradient_checkpointing=cfg.model.gradient_checkpointing,
                         n_vectors=len(ctx.names), vector_dtype=vector_dtype, vectors_on=cfg.dem.vectors_on,
-                        adapter_params=ctx.adapter_params)
+                        adapter_params=ctx.adapter_params, search_adapters=search_adapters)
     room = acc.memory_gb * 1e9
     state = m["weights"] + m["gradients"] + m["optimizer"]
     train = "fits" if m["train_peak"] <= room else (
@@ -309,7 +320,7 @@ def device_hours_text(ctx: Any, arms: list[Any], done: Mapping[str, Any]) -> str
     return "\n".join([
         f"device-hours on one {acc.name} at {mfu:.0%} MFU: FLOPs ÷ ({acc.peak_flops / 1e12:g} TFLOP/s × {mfu:g}) "
         f"(plan.accelerator={cfg.plan.accelerator}: {acc.source}; plan.mfu)",
-        "  " + memory_fit(ctx, acc),
+        "  " + memory_fit(ctx, acc, search_inputs(ctx, arms) == "adapters"),
         *hours_table(rows, acc.peak_flops * mfu),
         f"  assumes: training = 3 × forward FLOPs per token (harness/cost.py); search = selection passes × the "
         f"selection slice ({selection:,} tokens{'' if ctx.val else ', estimated'}); evaluation = lm-eval "

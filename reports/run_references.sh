@@ -2,7 +2,7 @@
 # The commands behind the committed reference reports (reports/README.md). Run from the repository root after
 # `make smollm2` (or `make test`). Each writes to runs/ref/<name>/ and is timed; the reports/ folders hold copies of
 # their report.md, summary.json, results.csv and cost_quality.png (and, for sweeps, the aggregate files).
-#   bash reports/run_references.sh [smollm2-cpu|smollm2-real|smollm2-real-benchmarks|default-cpu|default-cpu-seeds|
+#   bash reports/run_references.sh [smollm2-cpu|smollm2-real|smollm2-real-benchmarks|smollm2-lora-cpu|default-cpu|default-cpu-seeds|
 #                                   baselines-cpu ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +31,16 @@ for name in "${names[@]}"; do
       timed $name $bin/dem-bench model=smollm2 data=real budget=smollm2_cpu data.n_val=30 data.n_report=30 \
         dem.n_trials=12 eval=paper_cpu hub_mirror=../shared/data/eval-mirror cache_dir=$cache \
         output_dir=runs/ref/$name ;;
+    smollm2-lora-cpu)  # issue 18: smollm2-real's comparison with full fine-tuning and with LoRA, one cache; the
+      # single-distribution fine-tunes get perplexity only (eval.score_models), LoRA steps 10x larger (budget.lr)
+      for method in full lora; do
+        lr=1.0e-4; [ $method = lora ] && lr=1.0e-3
+        mkdir -p runs/ref/$name  # GNU time writes the run's peak RSS (KiB) beside it
+        timed $name-$method /usr/bin/time -f %M -o runs/ref/$name/$method.maxrss $bin/dem-bench model=smollm2 \
+          data=real budget=smollm2_cpu budget.lr=$lr training.method=$method data.n_val=30 data.n_report=30 eval.limit=100 dem.n_trials=12 \
+          "eval.score_models=[base,data_mixing,dem]" cache_dir=$cache output_dir=runs/ref/$name/$method
+      done
+      $bin/python reports/lora_vs_full.py runs/ref/$name/full runs/ref/$name/lora > runs/ref/$name/README.md ;;
     default-cpu)  # the embedded default alone (seed 0 of default-cpu-seeds)
       timed $name $bin/dem-bench cache_dir=$cache output_dir=runs/ref/$name ;;
     default-cpu-seeds)  # issue 9: the embedded default over 3 seeds, aggregated

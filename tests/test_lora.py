@@ -157,3 +157,30 @@ def test_lora_memory_counts_gradients_and_adam_for_the_adapters_only():
     assert adapters["gradients"] == 4 * n and adapters["optimizer"] == 8 * n
     assert adapters["weights"] == full["weights"] + 4 * n and adapters["activations"] == full["activations"]
     assert adapters["train_peak"] < full["train_peak"]
+
+
+def test_an_adapter_search_is_planned_as_adapters_not_dense_vectors():
+    config = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=True)
+    kw = {"param_dtype": torch.float32, "batch_size": 8, "seq_len": 64, "gradient_checkpointing": False,
+          "n_vectors": 3, "vector_dtype": torch.float32, "vectors_on": "device"}
+    n = cost.lora_params(config, 4, TARGETS)
+    dense = cost.estimate_memory(config, adapter_params=n, **kw)
+    adapters = cost.estimate_memory(config, adapter_params=n, search_adapters=True, **kw)
+    assert adapters["vectors"] == 2 * 3 * n * 4  # the rank-Σr adapter and the B copies, bounded
+    assert adapters["search_peak_device"] - dense["search_peak_device"] == adapters["vectors"] - dense["vectors"]
+    assert adapters["vectors"] < dense["vectors"] and adapters["train_peak"] == dense["train_peak"]
+    with pytest.raises(ValueError, match="adapter_params"):
+        cost.estimate_memory(config, search_adapters=True, **kw)
+
+
+@pytest.mark.parametrize(("compare", "inputs"), [("[]", "adapters"), ("[{merge: ties}]", "vectors")])
+def test_the_plan_counts_no_dense_vector_when_every_search_is_on_adapters(tmp_path, compare, inputs):
+    """`dem` alone is searched on the adapters: no vector on disk; a TIES row densifies them, so they count."""
+    args = [*MICRO, "training.method=lora", f"dem.compare={compare}", "plan_only=true",
+            f"output_dir={tmp_path / 'out'}", f"cache_dir={tmp_path / 'cache'}"]
+    proc = subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(x for x in (proc.stdout + proc.stderr).splitlines() if "search peak" in x)
+    assert f"on the device ({inputs} " in line, line
+    assert ("vectors 0 B)" in line) == (inputs == "adapters"), line
