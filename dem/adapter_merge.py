@@ -192,6 +192,11 @@ class AdapterSession:
                 src.append(f.b.to(lora_b.device))
         self.coeffs = [0.0] * self.n
 
+    def held_bytes(self) -> int:
+        """Bytes of the tensors this session holds: the model with its rank-Σr adapter, and each B it rescales."""
+        tensors = [*self.model.parameters(), *(b for _, src in self.targets.values() for b in src)]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
     @torch.no_grad()
     def set(self, weights: list[float], params: Params) -> None:
         """B_cat ← [c₁s₁B₁ | c₂s₂B₂ | …] for cᵢ = strategy.coefficients(weights, params): one multiply per

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,18 +20,21 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig
+from safetensors.torch import save_file
 
 from dem.adapter_merge import WEIGHTS, AdapterSession, is_linear
 from dem.merge import Params, Strategy, get_strategy, load_strategy_file
 from dem.search import MergeSession, Session, WorkerSpec, search_parallel, search_weights, storage_for, storage_location
+from dem.statistics import STATS_FILE, Statistic, StatsFiles, get_statistic, select_sequences
 from dem.vectors import distribution_vector, dtype_name, load_vectors, save_vector
-from harness import lora
+from harness import cost, lora
 from harness.arms import Candidate, Context, Planned, PlannedModel, register_arm
 from harness.base import runtime_spec
 from harness.cache import Entry, spec_key
 from harness.config import strategy_params
 from harness.models import CPU_FP32, DTYPES, Runtime, copy_params, load_model
 from harness.report import write_atomic
+from harness.runs import read_pool
 from harness.stopwatch import stage
 
 
@@ -68,10 +72,13 @@ class DemArm:
         specs = self._specs()
         runs = [e.record["key"] for e in singles.values()]
         by_adapter = self._by_adapter(len(ctx.names), all(lora.is_adapter(e.path) for e in singles.values()))
+        needed = sorted({s for _, merge, _, _ in specs for s in get_strategy(merge).stats})
+        with stage("dem statistics"):
+            stats = self._statistics(ctx, singles, needed)
         with stage("dem vectors"):
             adapters = self._adapters(ctx, singles) if any(by_adapter) else None
-            dense = self._dense(ctx, singles) if not all(by_adapter) else None  # Δ only for a search that needs it
-        return [self._merge(ctx, label, merge, given, searched, adapters if use else dense, runs)
+            dense = self._dense(ctx, singles, stats) if not all(by_adapter) else None  # Δ only if a search needs it
+        return [self._merge(ctx, label, merge, given, searched, adapters if use else dense, runs, stats)
                 for (label, merge, given, searched), use in zip(specs, by_adapter, strict=True)]
 
     def _specs(self) -> list[tuple[str, str, dict[str, Any], list[str]]]:
@@ -92,20 +99,61 @@ class DemArm:
             load_strategy_file(path)
         return "adapters" if all(self._by_adapter(len(ctx.names), ctx.adapter_params is not None)) else "vectors"
 
-    def _dense(self, ctx: Context, singles: dict[str, Entry]) -> Inputs:
-        """The distribution vectors Δᵢ (hash-checked, stacked) as a search's inputs."""
+    def _statistics(self, ctx: Context, singles: dict[str, Entry], needed: list[str]) -> dict[str, list[Entry]]:
+        """Each statistic a searched strategy needs, for each fine-tune, through the cache (names order): computed
+        on the fine-tuned model and dem.stats.n_tokens of its own training rows, drawn with seeds.search. Keyed by
+        the run, its rows and the draw, so every strategy and every later comparison that needs it reuses it."""
+        out: dict[str, list[Entry]] = {}
+        for name in needed:
+            statistic = get_statistic(name)
+            out[name] = []
+            for n, run in singles.items():
+                pool = run.record["spec"]["pools"][n]
+                spec = {"statistic": name, "version": statistic.version, "run": run.record["key"], "pool": pool,
+                        "n_tokens": self.cfg.stats.n_tokens, "seq_len": ctx.cfg.budget.seq_len,
+                        "seed": ctx.seeds.search, **runtime_spec(ctx.runtime)}
+
+                def write(folder: Path, run: Entry = run, pool: str = pool, statistic: Statistic = statistic
+                          ) -> dict[str, Any]:
+                    entry = ctx.cache.get("pools", pool)
+                    if entry is None:
+                        raise RuntimeError(f"token pool pools/{pool} is missing or corrupt in {ctx.cache.root}")
+                    rows = select_sequences(read_pool(entry.path / "pool.safetensors"), self.cfg.stats.n_tokens,
+                                            ctx.cfg.budget.seq_len, ctx.seeds.search)
+                    model = ctx.load(run.path)
+                    start = time.perf_counter()
+                    tensors = statistic.compute(model, rows)
+                    wall = time.perf_counter() - start
+                    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / STATS_FILE))
+                    tokens = sum(len(ids) for ids, _ in rows)
+                    passes = 3 if statistic.backward else 1  # a backward pass costs twice the forward
+                    flops = (passes * cost.forward_flops(ctx.model_config, tokens, ctx.cfg.budget.seq_len)
+                             + statistic.extra_flops_per_token(model) * tokens)
+                    del model
+                    return {"statistic": statistic.name, "tokens": tokens, "sequences": len(rows), "flops": flops,
+                            "wall_s": wall, "bytes": sum(v.numel() * v.element_size() for v in tensors.values())}
+
+                out[name].append(ctx.cache.get_or_create("stats", spec, write, f"{name} {n}"))
+        return out
+
+    def _dense(self, ctx: Context, singles: dict[str, Entry], stats: dict[str, list[Entry]]) -> Inputs:
+        """The distribution vectors Δᵢ (hash-checked, stacked) as a search's inputs, with the statistics
+        data-aware strategies read tensor by tensor."""
         manifest = self._vectors(ctx, singles)
         streamed = self.cfg.vectors_on == "cpu"  # kept in host memory, streamed to the device block by block
         vectors = load_vectors([Path(m["path"]) for m in manifest.values()], [m["sha256"] for m in manifest.values()],
                                device="cpu" if streamed else ctx.runtime.device,
                                pin_memory=streamed and ctx.runtime.device.type == "cuda")  # hash-checked, stacked
+        files = {s: [str(e.path / STATS_FILE) for e in entries] for s, entries in stats.items()}
 
         def session(model: torch.nn.Module, strategy: Strategy, fixed: Params, seed: int) -> Session:
-            return MergeSession(model, vectors, strategy, fixed, seed, vectors_on=self.cfg.vectors_on)
+            used = {s: [Path(f) for f in files[s]] for s in strategy.stats}
+            return MergeSession(model, vectors, strategy, fixed, seed, vectors_on=self.cfg.vectors_on,
+                                stats=StatsFiles(used) if used else None)
 
         return Inputs({"vectors": {n: m["sha256"] for n, m in manifest.items()}}, manifest, session,
                       {"vectors": [m["path"] for m in manifest.values()],
-                       "sha256": [m["sha256"] for m in manifest.values()]})
+                       "sha256": [m["sha256"] for m in manifest.values()], "stats": files})
 
     def _adapters(self, ctx: Context, singles: dict[str, Entry]) -> Inputs:
         """The LoRA fine-tunes' adapters as a search's inputs: identified by their weights' hashes and the base
@@ -144,7 +192,7 @@ class DemArm:
         return manifest
 
     def _merge(self, ctx: Context, label: str, merge: str, given: dict[str, Any], search_params: list[str],
-               inputs: Inputs, runs: list[str]) -> Candidate:
+               inputs: Inputs, runs: list[str], stats: dict[str, list[Entry]]) -> Candidate:
         """Search one strategy's weights (and named parameters) through the cache, then build the reported model
         in one step, θ₀ + merge(best weights), from a freshly loaded θ₀ — the same bits whether the search ran
         now, resumed, or came from the cache — and save it to models/<label> (an adapter search's merge also as
@@ -161,6 +209,9 @@ class DemArm:
                       "seq_len": ctx.cfg.budget.seq_len, **runtime_spec(ctx.runtime)}
         if metric != "pooled_ppl":  # kept out of the default's spec, so its cached searches stay valid
             study_spec["metric"] = metric
+        used = [e for s in strategy.stats for e in stats[s]]  # data-aware: the statistics' entries, in the key
+        if used:
+            study_spec["stats"] = {s: [e.record["key"] for e in stats[s]] for s in strategy.stats}
         if cfg.search_workers > 1:  # interleaved trials: never mixed into a bitwise-reproducible study
             study_spec["parallel"] = True
         # n_trials is not part of the study: raising it extends the study, and a search with n trials reports the
@@ -173,7 +224,8 @@ class DemArm:
 
         def run_search(folder: Path) -> dict[str, Any]:
             with ctx.cache.hold("studies", study, f"{label} study"):  # one lock per study, whatever its budget
-                return searched_study(folder)
+                start = time.perf_counter()
+                return {**searched_study(folder), "search_wall_s": time.perf_counter() - start}
 
         def searched_study(folder: Path) -> dict[str, Any]:
             if cfg.search_workers > 1:  # each process rebuilds the session from θ₀'s folder and the vector files
@@ -198,8 +250,10 @@ class DemArm:
             search = ctx.cache.get_or_create("search", {**study_spec, "n_trials": cfg.n_trials}, run_search,
                                              f"{label} search")
         record = search.record
+        start = time.perf_counter()
         session = inputs.session(ctx.load(ctx.base.path), strategy, fixed, seed)
         session.set([record["weights"][n] for n in names], record["params"])
+        held = session.held_bytes()
         folder = ctx.out / "models" / label
         model = session.model
         if isinstance(session, AdapterSession):  # the merge as one adapter, then folded into θ₀ for the dense copy
@@ -208,9 +262,20 @@ class DemArm:
         model.save_pretrained(folder)
         ctx.tokenizer.save_pretrained(folder)
         write_atomic(folder / "vectors.json", json.dumps(inputs.manifest, indent=2))
+        for s in strategy.stats:  # linked, not copied (a Gram matrix per layer is as large as the model), in the
+            for n, entry in zip(names, stats[s], strict=True):  # layout `dem-bench-merge --stats` reads
+                link = folder / "stats" / s / f"{n}.safetensors"
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.unlink(missing_ok=True)
+                link.symlink_to(entry.path / STATS_FILE)
         del model, session
+        merge_cost = {"stats_flops": sum(e.record["flops"] for e in used),
+                      "stats_wall_s": sum(e.record["wall_s"] for e in used),
+                      "search_wall_s": record.get("search_wall_s"),  # as the search ran (cached with it)
+                      "merge_wall_s": time.perf_counter() - start,  # building the selected merge, this run
+                      "held_bytes": held}  # what the merge session holds: θ, vectors, prepared vectors, θ₀
         return Candidate(label=label, model_key=record["key"], open=lambda: ctx.load(folder), runs=runs,
-                         selection_forward_tokens=record["search_forward_tokens"],
+                         selection_forward_tokens=record["search_forward_tokens"], merge_cost=merge_cost,
                          selected={"weights": record["weights"], "merge": merge, "params": record["params"],
                                    "sampler": cfg.sampler, "n_trials": record["n_trials"],
                                    "search_score": record["val_ppl"],  # its best trial, on the selection slice

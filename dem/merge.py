@@ -10,6 +10,10 @@ two steps so a search can reuse work across trials:
 Strategies that are θ₀ + Σ cᵢΔᵢ for coefficients cᵢ(weights, params) also give `coefficients`, which lets the
 search update a live model in place: θ ← θ + Σ (c′ᵢ − cᵢ) Δᵢ.
 
+A strategy that learns from data declares the per-model statistics it needs (`stats=("fisher_diag",)`, names in
+dem.statistics' registry); its `prepare` then takes a fourth argument, that tensor's statistics: name → one tensor
+per model (None where a model's statistic does not cover the tensor).
+
 Parameter names and defaults follow mergekit 0.1.5 (`weight`, `lambda`, `normalize`, `rescale`, `density`,
 `gamma`, `epsilon`), so the same numbers mean the same merge in both tools; tests/test_mergekit_parity.py checks
 the tensors against mergekit itself.
@@ -23,7 +27,7 @@ import difflib
 import importlib
 import math
 import pkgutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +39,8 @@ from harness.errors import HarnessError
 Tensor = torch.Tensor
 Params = dict[str, Any]
 CombineFn = Callable[[Tensor, Sequence[Tensor], Sequence[float], Params], Tensor]
-PrepareFn = Callable[[Sequence[Tensor], Params, "torch.Generator | None"], list[Tensor]]
+PrepareFn = Callable[..., list[Tensor]]  # (deltas, params, generator[, stats]) -> prepared deltas
+Stats = Mapping[str, Sequence["Tensor | None"]]  # one tensor's statistics: name -> one per model
 CoefficientsFn = Callable[[Sequence[float], Params], "list[float] | None"]
 
 
@@ -88,6 +93,7 @@ class Strategy:
     mergekit: str | None = None  # the same merge's name in mergekit, parity-tested
     doc: str = field(default="", compare=False)
     constraint: Callable[[Params], str | None] | None = None  # a rule across parameters (resolved values)
+    stats: tuple[str, ...] = ()  # per-model statistics `prepare` needs (dem.statistics)
 
     def resolve(self, given: Params, n_models: int) -> Params:
         """Fill defaults, reject unknown or missing parameters, broadcast per-model scalars to lists."""
@@ -114,10 +120,22 @@ class Strategy:
         return out
 
     def merge(self, base: Tensor, deltas: Sequence[Tensor], weights: Sequence[float], params: Params,
-              generator: torch.Generator | None = None) -> Tensor:
-        """The merged tensor; `params` must be resolved."""
-        prepared = self.prepare(deltas, params, generator) if self.prepare else list(deltas)
-        return self.combine(base, prepared, weights, params)
+              generator: torch.Generator | None = None, stats: Stats | None = None) -> Tensor:
+        """The merged tensor; `params` must be resolved; `stats`: this tensor's statistics if the strategy needs
+        any."""
+        return self.combine(base, self.prepared(deltas, params, generator, stats), weights, params)
+
+    def prepared(self, deltas: Sequence[Tensor], params: Params, generator: torch.Generator | None = None,
+                 stats: Stats | None = None) -> list[Tensor]:
+        """The vectors after the weight-independent step (the vectors themselves without one)."""
+        if not self.prepare:
+            return list(deltas)
+        if not self.stats:
+            return self.prepare(deltas, params, generator)
+        missing = [s for s in self.stats if stats is None or s not in stats]
+        if missing:
+            raise MergeConfigError(f"merge '{self.name}' needs the statistic(s) {', '.join(missing)}")
+        return self.prepare(deltas, params, generator, stats)
 
 
 STRATEGIES: dict[str, Strategy] = {}
@@ -126,14 +144,23 @@ STRATEGIES: dict[str, Strategy] = {}
 def register(name: str, *, params: Sequence[Param] = (), prepare: PrepareFn | None = None,
              prepare_params: Sequence[str] = (), coefficients: CoefficientsFn | None = None,
              reference: str = "", mergekit: str | None = None,
-             constraint: Callable[[Params], str | None] | None = None) -> Callable[[CombineFn], CombineFn]:
-    """Register `combine` as strategy `name`; names are unique, parameters declared up front."""
+             constraint: Callable[[Params], str | None] | None = None,
+             stats: Sequence[str] = ()) -> Callable[[CombineFn], CombineFn]:
+    """Register `combine` as strategy `name`; names are unique, parameters and statistics declared up front."""
+    from dem.statistics import STATISTICS
+
+    unknown = [s for s in stats if s not in STATISTICS]
+    if unknown:
+        raise MergeConfigError(f"merge strategy '{name}' asks for unknown statistic(s) {', '.join(unknown)}; "
+                               f"registered: {', '.join(sorted(STATISTICS))}")
+    if stats and prepare is None:
+        raise MergeConfigError(f"merge strategy '{name}' declares statistics but no prepare step to use them")
 
     def wrap(fn: CombineFn) -> CombineFn:
         if name in STRATEGIES:
             raise MergeConfigError(f"merge strategy '{name}' is already registered (pick another name)")
         STRATEGIES[name] = Strategy(name, fn, tuple(params), prepare, tuple(prepare_params), coefficients,
-                                    reference, mergekit, (fn.__doc__ or "").strip(), constraint)
+                                    reference, mergekit, (fn.__doc__ or "").strip(), constraint, tuple(stats))
         return fn
 
     return wrap
@@ -197,12 +224,22 @@ def tensor_generator(seed: int, name: str) -> torch.Generator:
 
 
 def merge_state(base: dict[str, Tensor], vectors: Sequence[dict[str, Tensor]], weights: Sequence[float],
-                method: str = "dem", params: Params | None = None, seed: int = 0) -> dict[str, Tensor]:
-    """Apply a registered strategy to every tensor of a state dict."""
+                method: str = "dem", params: Params | None = None, seed: int = 0,
+                stats: Mapping[str, Sequence[Mapping[str, Tensor]]] | None = None) -> dict[str, Tensor]:
+    """Apply a registered strategy to every tensor of a state dict; `stats`: statistic name → one {tensor name:
+    statistic} per model, for strategies that need them."""
     strategy = get_strategy(method)
     resolved = strategy.resolve(params or {}, len(vectors))
-    return {k: strategy.merge(t, [v[k] for v in vectors], weights, resolved, tensor_generator(seed, k))
+    return {k: strategy.merge(t, [v[k] for v in vectors], weights, resolved, tensor_generator(seed, k),
+                              tensor_stats(stats, k))
             for k, t in base.items()}
+
+
+def tensor_stats(stats: Mapping[str, Sequence[Mapping[str, Tensor]]] | None, name: str) -> Stats | None:
+    """One tensor's statistics out of whole-model ones (None where a model's statistic lacks the tensor)."""
+    if stats is None:
+        return None
+    return {s: [per_model.get(name) for per_model in models] for s, models in stats.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from dem.adapter_merge import AdapterMergeError, AdapterSession, adapter_config, is_linear, load_problem
 from dem.merge import MergeConfigError, Strategy, get_strategy, load_strategy_file, tensor_generator
+from dem.statistics import StatisticError, StatsFiles, check_stats_files
 from harness import lora
 from harness.errors import HarnessError
 from harness.models import load_model
@@ -124,9 +125,11 @@ def adapter_delta(base_dir: Path, name: str, folder: Path, base: dict[str, torch
 
 def merge_checkpoints(base: dict[str, torch.Tensor], models: dict[str, dict[str, torch.Tensor]],
                       strategy: Strategy, weights: list[float], params: dict[str, Any],
-                      seed: int, as_delta: frozenset[str] = frozenset()) -> dict[str, torch.Tensor]:
+                      seed: int, as_delta: frozenset[str] = frozenset(),
+                      stats: StatsFiles | None = None) -> dict[str, torch.Tensor]:
     """Merge tensor by tensor in fp32; non-float tensors are copied from the base. `models[name]` holds θᵢ's
-    tensors, or for a name in `as_delta` its Δᵢ (an adapter's dense update, fp32)."""
+    tensors, or for a name in `as_delta` its Δᵢ (an adapter's dense update, fp32); `stats`: a data-aware
+    strategy's statistics, read tensor by tensor."""
     out = {}
     for key, b in base.items():
         if not b.is_floating_point():
@@ -134,7 +137,8 @@ def merge_checkpoints(base: dict[str, torch.Tensor], models: dict[str, dict[str,
             continue
         base32 = b.float()
         deltas = [m[key] if name in as_delta else m[key].float() - base32 for name, m in models.items()]
-        out[key] = strategy.merge(base32, deltas, weights, params, tensor_generator(seed, key)).to(b.dtype)
+        out[key] = strategy.merge(base32, deltas, weights, params, tensor_generator(seed, key),
+                                  stats(key) if stats is not None else None).to(b.dtype)
     return out
 
 
@@ -163,7 +167,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="dem-bench-merge", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Strategies: dem (default), linear, task_arithmetic, ties, dare_linear, "
-                                       "dare_ties, breadcrumbs, della, plus any in dem/strategies/ or --plugin.")
+                                       "dare_ties, breadcrumbs, della; fisher and regmean (with --stats); plus any in "
+                                       "dem/strategies/ or --plugin.")
     p.add_argument("--base", type=Path, required=True, help="the base model θ₀ (a saved model folder)")
     p.add_argument("--model", action="append", default=[], metavar="NAME=DIR", required=True,
                    help="a fine-tuned model θᵢ or a LoRA adapter trained on --base; repeat for each")
@@ -178,6 +183,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out-adapter", type=Path, metavar="DIR",
                    help="the merge as one LoRA adapter (adapter inputs, a θ₀ + Σ cᵢΔᵢ strategy; written atomically)")
     p.add_argument("--export-mergekit", type=Path, metavar="FILE", help="also write the equivalent mergekit YAML")
+    p.add_argument("--stats", type=Path, metavar="DIR",
+                   help="saved statistics for a strategy that learns from data (fisher, regmean): "
+                        "DIR/<statistic>/<NAME>.safetensors for each --model NAME, as dem-bench links them in "
+                        "models/<row>/stats/")
     return p.parse_args(argv)
 
 
@@ -222,6 +231,24 @@ def check_adapter_output(strategy: Strategy, params: dict[str, Any], model_dirs:
     if not is_linear(strategy, params, len(model_dirs)):
         raise MergeInputError(f"--out-adapter: merge '{strategy.name}' is not θ₀ + Σ cᵢΔᵢ, so its result is not "
                               "one LoRA adapter (dem, task_arithmetic and linear with normalize are); use --out")
+
+
+def stats_files(strategy: Strategy, folder: Path | None, names: list[str]) -> dict[str, list[Path]]:
+    """The statistic files a data-aware strategy needs, DIR/<statistic>/<NAME>.safetensors per --model NAME;
+    none for a data-free one (then --stats is refused, not ignored)."""
+    if not strategy.stats:
+        if folder is not None:
+            raise MergeInputError(f"--stats: merge '{strategy.name}' uses no statistics (fisher and regmean do)")
+        return {}
+    if folder is None:
+        raise MergeInputError(f"merge '{strategy.name}' learns from data: give --stats DIR holding "
+                              f"{', '.join(f'{s}/<NAME>.safetensors' for s in strategy.stats)} for each --model")
+    files = {s: [folder / s / f"{name}.safetensors" for name in names] for s in strategy.stats}
+    for s, paths in files.items():
+        for name, path in zip(names, paths, strict=True):
+            if not path.is_file():
+                raise MergeInputError(f"--stats {folder}: no {s}/{name}.safetensors for --model {name}")
+    return files
 
 
 def _write_folder(out: Path, fill: Callable[[Path], None]) -> None:
@@ -281,10 +308,19 @@ def run(args: argparse.Namespace) -> list[Path]:
                               "adapter applied to the base first); merge them with --out and export full checkpoints")
     exported = (mergekit_yaml(strategy, args.base, model_dirs, list(weights.values()), params)
                 if args.export_mergekit else None)  # before writing anything: it can refuse a strategy
+    stat_files = stats_files(strategy, args.stats, list(model_dirs))
 
     base = load_checkpoint(args.base)
     models = {name: load_checkpoint(folder) for name, folder in model_dirs.items() if name not in adapters}
     check_compatible(base, models)  # the base and the full checkpoints (an adapter is checked as it is opened)
+    stats = None
+    if stat_files:
+        try:
+            check_stats_files(stat_files, list(model_dirs),
+                              {k: tuple(t.shape) for k, t in base[1].items() if t.is_floating_point()})
+        except StatisticError as err:
+            raise MergeInputError(f"--stats: {err}") from None
+        stats = StatsFiles(stat_files)
     session = None
     if "--out-adapter" in outs:  # checks that the adapters fit the base and adapt the same modules
         try:
@@ -297,11 +333,12 @@ def run(args: argparse.Namespace) -> list[Path]:
         tensors = {name: adapter_delta(args.base, name, folder, base[1]) if name in adapters else models[name][1]
                    for name, folder in model_dirs.items()}
         merged = merge_checkpoints(base[1], tensors, strategy, list(weights.values()), params, args.seed,
-                                   frozenset(adapters))
+                                   frozenset(adapters), stats)
 
     record = {"method": strategy.name, "base": str(args.base.resolve()), "weights": weights, "params": params,
               "seed": args.seed, "models": {k: str(v.resolve()) for k, v in model_dirs.items()},
-              "adapters": sorted(adapters)}
+              "adapters": sorted(adapters),
+              "stats": {s: [str(f.resolve()) for f in fs] for s, fs in stat_files.items()}}
 
     def dense(tmp: Path) -> None:
         shutil.copytree(args.base, tmp, ignore=shutil.ignore_patterns("*.safetensors", "*.safetensors.index.json"))

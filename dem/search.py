@@ -32,7 +32,8 @@ import optuna
 import torch
 
 from dem.adapter_merge import AdapterSession
-from dem.merge import MergeConfigError, Params, Strategy, get_strategy, load_strategy_file, tensor_generator
+from dem.merge import MergeConfigError, Params, Stats, Strategy, get_strategy, load_strategy_file, tensor_generator
+from dem.statistics import StatsFiles
 from dem.vectors import load_vectors
 from harness.data import stable_seed
 from harness.models import DTYPES, LoadOptions, Runtime, load_model
@@ -135,6 +136,8 @@ class Session(Protocol):
 
     def set(self, weights: list[float], params: Params) -> None: ...
 
+    def held_bytes(self) -> int: ...
+
 
 class MergeSession:
     """A live model plus distribution vectors; `set(weights, params)` makes the model that merge in place.
@@ -158,12 +161,15 @@ class MergeSession:
 
     def __init__(self, model: torch.nn.Module, vectors: list[dict[str, torch.Tensor]], strategy: Strategy,
                  params: Params, seed: int = 0, *, vectors_on: VectorsOn = "device",
-                 stage_elements: int | None = None) -> None:
+                 stage_elements: int | None = None, stats: Callable[[str], Stats] | None = None) -> None:
         if vectors_on not in ("device", "cpu"):
             raise ValueError(f"vectors_on must be 'device' or 'cpu', not {vectors_on!r}")
         if not vectors:
             raise ValueError("MergeSession needs at least one distribution vector")
         self.model, self.strategy, self.seed, self.stream = model, strategy, seed, vectors_on == "cpu"
+        if strategy.stats and stats is None:
+            raise ValueError(f"merge '{strategy.name}' needs the statistics {', '.join(strategy.stats)}")
+        self.stats = stats  # a tensor's statistics by name (dem.statistics.StatsFiles), for strategies that use data
         named = list(model.named_parameters())  # a tied tensor appears once here
         for _, p in named:
             if not p.data.is_contiguous():  # updated through a flat view; the same Parameter, so ties hold
@@ -185,6 +191,14 @@ class MergeSession:
         self.block = stage_elements or STAGE_ELEMENTS.get(self.tensors[0].device.type, STAGE_ELEMENTS["cuda"])
         self.buffers: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
 
+    def held_bytes(self) -> int:
+        """Bytes of the tensors this session holds: the model, its vectors (and their prepared copies), θ₀'s copy
+        and the staging buffers — what a merge strategy costs in memory beside the forward pass."""
+        tensors = [*self.tensors, *self.buffers.values(), *(self.theta0 or [])]
+        for rows in [*self.raw, *(getattr(self, "prepared", []) if self.strategy.prepare else [])]:
+            tensors += [rows] if isinstance(rows, torch.Tensor) else list(rows)
+        return sum(t.numel() * t.element_size() for t in tensors)
+
     def _home(self, rows: list[torch.Tensor], theta: torch.Tensor) -> Rows:
         """One parameter's vectors where they live (host memory when streamed, else θ's device; no copy when they
         are there already), as a stack when they are stacked, else as n flat tensors."""
@@ -203,8 +217,9 @@ class MergeSession:
         if key != self.cache_key:
             self.cache_key, self.prepared = key, []
             for name, theta, rows in zip(self.names, self.tensors, self.raw, strict=True):
-                out = self.strategy.prepare([r.view(theta.shape).cpu() for r in rows], params,
-                                            tensor_generator(self.seed, name))
+                out = self.strategy.prepared([r.view(theta.shape).cpu() for r in rows], params,
+                                             tensor_generator(self.seed, name),
+                                             self.stats(name) if self.strategy.stats and self.stats else None)
                 self.prepared.append(self._home(list(torch.stack(out)), theta))
         return self.prepared
 
@@ -473,6 +488,7 @@ class WorkerSpec:
     plugins: list[str] = field(default_factory=list)  # strategy files (dem.plugins): a fresh process lacks them
     adapters: list[str] = field(default_factory=list)  # LoRA adapter folders searched as one adapter (AdapterSession)
     # instead of `vectors` (then empty); `sha256` holds their adapter_model.safetensors hashes
+    stats: dict[str, list[str]] = field(default_factory=dict)  # statistic -> its files, `names` order (data-aware)
     label: str = "search"
     trials: int = 0  # how many trials this worker runs (worker_specs splits n_trials)
     threads: int = 0  # torch threads for this worker; 0: torch's default
@@ -568,7 +584,9 @@ def run_worker(spec: WorkerSpec, val: dict[str, tuple[torch.Tensor, torch.Tensor
                                device="cpu" if streamed else runtime.device,
                                pin_memory=streamed and runtime.device.type == "cuda")
         model = load_model(Path(spec.base), runtime, LoadOptions(**spec.options))
-        session = MergeSession(model, vectors, strategy, spec.fixed, spec.seed, vectors_on=spec.vectors_on)
+        stats = StatsFiles({k: [Path(f) for f in v] for k, v in spec.stats.items()}) if spec.stats else None
+        session = MergeSession(model, vectors, strategy, spec.fixed, spec.seed, vectors_on=spec.vectors_on,
+                               stats=stats)
     val = val if val is not None else torch.load(spec.val, weights_only=True)
     objective = make_objective(session, spec.space(), val, spec.prune_fraction, spec.metric)
     study = _join(spec, repair=False)  # never repair here: another worker may be appending the last record

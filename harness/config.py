@@ -134,6 +134,13 @@ class MergeSpec:
 
 
 @dataclass
+class StatsConfig:
+    """The statistics data-aware strategies (fisher, regmean) compute per fine-tune (dem/statistics.py)."""
+
+    n_tokens: int = 4096  # training tokens of the fine-tune's own distribution each statistic is computed on
+
+
+@dataclass
 class DemConfig:
     merge: str = "dem"  # a strategy registered in dem/merge.py, dem/strategies/ or a dem.plugins file
     params: Any = None  # the strategy's parameters (mergekit names) as a dict; None = all defaults. Typed Any:
@@ -150,6 +157,7 @@ class DemConfig:
     search_workers: int = 1  # > 1: processes sharing the study (not storage=memory): faster, not bitwise reproducible
     vector_dtype: str = "auto"  # auto (the model's dtype) | float32 | bfloat16 — Δ is computed in fp32, then cast
     vectors_on: str = "device"  # device: vectors live beside the model | cpu: kept in host memory, streamed per tensor
+    stats: StatsConfig = field(default_factory=lambda: StatsConfig())  # data-aware strategies' statistics
 
 
 @dataclass
@@ -407,6 +415,7 @@ def validate(cfg: DictConfig) -> DictConfig:
          "workers cannot share dem.storage=memory; use journal, sqlite or an RDB URL")
     need(c.dem.vector_dtype in DTYPES, "dem.vector_dtype", one_of(DTYPES, c.dem.vector_dtype))
     need(c.dem.vectors_on in ("device", "cpu"), "dem.vectors_on", one_of(("device", "cpu"), c.dem.vectors_on))
+    need(c.dem.stats.n_tokens > 0, "dem.stats.n_tokens", "must be a positive integer")
     need(len(c.eval.tasks) > 0, "eval.tasks", "a non-empty list of built-in or lm-eval task names")
     need(c.eval.gen_kwargs is None or isinstance(c.eval.gen_kwargs, DictConfig), "eval.gen_kwargs",
          "must be null or a mapping such as {max_gen_toks: 64}")

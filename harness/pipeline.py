@@ -518,6 +518,7 @@ def method_entry(ctx: Context, c: Candidate, done: Mapping[str, Entry], evaluato
     train_flops = sum(r["train_flops"] for r in records)
     selection_flops = c.selection_flops if c.selection_flops is not None else cost.forward_flops(
         ctx.model_config, c.selection_forward_tokens, ctx.cfg.budget.seq_len)
+    selection_flops += (c.merge_cost or {}).get("stats_flops", 0.0)  # a data-aware merge's statistics
     return {
         "train_tokens": sum(r["train_tokens"] for r in records),
         "train_flops": train_flops,
@@ -538,6 +539,7 @@ def method_entry(ctx: Context, c: Candidate, done: Mapping[str, Entry], evaluato
         "scores": evaluator.scores(c) if scored else {},
         "scored": scored,  # false: eval.score_models left it out (perplexity only; its scores read "not run")
         "selected": c.selected,
+        **({"merge_cost": c.merge_cost} if c.merge_cost is not None else {}),
         "built_by_other_commit": provenance.other_code(
             [*records, selection, ppl, *evaluator.records.get(c.label, []), *ctx.cache.records_of(c.model_key)],
             commit),

@@ -105,6 +105,11 @@ def rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
                 "device_h": device_s / 3600, "selection_forward_tokens": selection_tokens(m),
                 "cost_vs_mixing": m["train_flops"] / mixing_flops if mixing_flops else None}
         row |= _retention_values(summary, name)
+        if any("merge_cost" in m for m in summary["methods"].values()):  # a merge's own cost (MergeBench's runtime)
+            mc = m.get("merge_cost") or {}
+            row |= {"stats_flops": mc.get("stats_flops"), "stats_wall_s": mc.get("stats_wall_s"),
+                    "search_wall_s": mc.get("search_wall_s"),
+                    "merge_held_MB": mc["held_bytes"] / 1e6 if mc.get("held_bytes") is not None else None}
         out.append(row)
     return out
 
@@ -120,6 +125,10 @@ def _fmt_table(table: pd.DataFrame) -> str:
             fmt[col] = fmt[col].map(lambda v: f"{v:.4f}")
         elif col == "train_flops":
             fmt[col] = fmt[col].map(lambda v: f"{v:.3g}")
+        elif col == "stats_flops":
+            fmt[col] = fmt[col].map(lambda v: "" if v is None or v != v else f"{v:.3g}")
+        elif col in ("stats_wall_s", "search_wall_s", "merge_held_MB"):
+            fmt[col] = fmt[col].map(lambda v: "" if v is None or v != v else f"{v:.1f}")
         elif col == "train_wall_s":
             fmt[col] = fmt[col].map(lambda v: f"{v:.1f}")
         elif col == "cost_vs_mixing":
