@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from dem.adapter_merge import WEIGHTS, AdapterSession, is_linear
 from dem.merge import Params, Strategy, get_strategy, load_strategy_file
 from dem.search import MergeSession, Session, WorkerSpec, search_parallel, search_weights, storage_for, storage_location
-from dem.statistics import STATS_FILE, Statistic, StatsFiles, get_statistic, select_sequences
+from dem.statistics import STATS_FILE, Statistic, StatsFiles, get_statistic, select_sequences, stored_bytes
 from dem.vectors import distribution_vector, dtype_name, load_vectors, save_vector
 from harness import cost, lora
 from harness.arms import Candidate, Context, Planned, PlannedModel, register_arm
@@ -135,6 +135,13 @@ class DemArm:
 
                 out[name].append(ctx.cache.get_or_create("stats", spec, write, f"{name} {n}"))
         return out
+
+    def statistics_bytes(self, ctx: Context) -> int:
+        """Bytes on disk of every statistic its rows need, one per fine-tune (the plan's disk line)."""
+        for path in self.cfg.plugins:
+            load_strategy_file(path)
+        needed = {s for _, merge, _, _ in self._specs() for s in get_strategy(merge).stats}
+        return len(ctx.names) * sum(stored_bytes(s, ctx.model_config) for s in needed)
 
     def _dense(self, ctx: Context, singles: dict[str, Entry], stats: dict[str, list[Entry]]) -> Inputs:
         """The distribution vectors Δᵢ (hash-checked, stacked) as a search's inputs, with the statistics

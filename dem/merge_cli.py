@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from dem.adapter_merge import AdapterMergeError, AdapterSession, adapter_config, is_linear, load_problem
 from dem.merge import MergeConfigError, Strategy, get_strategy, load_strategy_file, tensor_generator
-from dem.statistics import StatisticError, StatsFiles, check_stats_files
+from dem.statistics import StatisticError, StatsFiles, check_stats_files, meta_model
 from harness import lora
 from harness.errors import HarnessError
 from harness.models import load_model
@@ -316,8 +316,9 @@ def run(args: argparse.Namespace) -> list[Path]:
     stats = None
     if stat_files:
         try:
-            check_stats_files(stat_files, list(model_dirs),
-                              {k: tuple(t.shape) for k, t in base[1].items() if t.is_floating_point()})
+            from transformers import AutoConfig
+
+            check_stats_files(stat_files, list(model_dirs), meta_model(AutoConfig.from_pretrained(args.base)))
         except StatisticError as err:
             raise MergeInputError(f"--stats: {err}") from None
         stats = StatsFiles(stat_files)

@@ -19,6 +19,8 @@ computes each statistic once per fine-tuned model and keeps it in the run cache 
 
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +49,7 @@ class Statistic:
     backward: bool
     # ... and absolute FLOPs per token of its own arithmetic (input_gram: 2·in² per linear layer), from the model
     extra_flops_per_token: Callable[[torch.nn.Module], float]
-    shape: Callable[[tuple[int, ...]], tuple[int, ...] | None]  # a parameter's shape -> its statistic's (None: none)
+    tensors: Callable[[torch.nn.Module], dict[str, tuple[int, ...]]]  # the tensors it holds for a model: shapes
     doc: str = ""
 
 
@@ -56,20 +58,38 @@ STATISTICS: dict[str, Statistic] = {}
 
 def register_statistic(name: str, *, version: int = 1, backward: bool = False,
                        extra_flops_per_token: Callable[[torch.nn.Module], float] = lambda model: 0.0,
-                       shape: Callable[[tuple[int, ...]], tuple[int, ...] | None] = lambda s: s,
+                       tensors: Callable[[torch.nn.Module], dict[str, tuple[int, ...]]] | None = None,
                        ) -> Callable[[StatisticFn], StatisticFn]:
     """Register `fn(model, sequences) -> {parameter name: tensor}` as statistic `name`: `backward` if it takes a
-    backward pass per token (for its FLOPs), `extra_flops_per_token` its own arithmetic, `shape` the shape of
-    its tensor for a parameter of a given shape (saved statistics are checked against the model with it)."""
+    backward pass per token (for its FLOPs), `extra_flops_per_token` its own arithmetic, `tensors(model)` the
+    names and shapes it holds for a model (default: one tensor shaped like each parameter) — the plan sizes it
+    and saved statistics are checked against it, both on a model built on the meta device."""
 
     def wrap(fn: StatisticFn) -> StatisticFn:
         if name in STATISTICS:
             raise StatisticError(f"statistic '{name}' is already registered (pick another name)")
-        STATISTICS[name] = Statistic(name, fn, version, backward, extra_flops_per_token, shape,
+        STATISTICS[name] = Statistic(name, fn, version, backward, extra_flops_per_token, tensors or _like_params,
                                      (fn.__doc__ or "").strip())
         return fn
 
     return wrap
+
+
+def _like_params(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    return {n: tuple(p.shape) for n, p in model.named_parameters()}
+
+
+def meta_model(config: Any) -> torch.nn.Module:
+    """The causal LM `config` describes, on the meta device: shapes without memory or weights."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(copy.deepcopy(config))
+
+
+def stored_bytes(name: str, config: Any) -> int:
+    """Bytes one model's statistic `name` takes (fp32), for the plan's disk line."""
+    return 4 * sum(math.prod(shape) for shape in get_statistic(name).tensors(meta_model(config)).values())
 
 
 def get_statistic(name: str) -> Statistic:
@@ -124,8 +144,11 @@ def _gram_flops(model: torch.nn.Module) -> float:
     return float(sum(2 * m.in_features**2 for m in _linear_weights(model).values()))
 
 
-@register_statistic("input_gram", extra_flops_per_token=_gram_flops,
-                    shape=lambda s: (s[1], s[1]) if len(s) == 2 else None)
+def _gram_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    return {n: (m.in_features, m.in_features) for n, m in _linear_weights(model).items()}
+
+
+@register_statistic("input_gram", extra_flops_per_token=_gram_flops, tensors=_gram_shapes)
 def input_gram(model: torch.nn.Module, sequences: Sequence[Sequence_]) -> dict[str, Tensor]:
     """XᵀX / tokens of every nn.Linear's input over every token of the sequences, in fp32 ([in, in] per weight)."""
     layers = _linear_weights(model)
@@ -191,14 +214,14 @@ class StatsFiles:
                 for s, handles in self._open.items()}
 
 
-def check_stats_files(files: dict[str, list[Path]], names: list[str], shapes: dict[str, tuple[int, ...]]) -> None:
-    """Saved statistics against the models they are for (`shapes`: the base's float tensors): every file readable,
-    every tensor named after one of the model's tensors with the shape the statistic has for it, and some tensor
-    covered. Raises StatisticError naming the file."""
+def check_stats_files(files: dict[str, list[Path]], names: list[str], model: torch.nn.Module) -> None:
+    """Saved statistics against the model they are for (`model`: built on the meta device from the base's
+    config): every file readable, every tensor one the statistic holds for that model, with its shape, and some
+    tensor there. Raises StatisticError naming the file."""
     from safetensors import safe_open
 
     for stat, paths in files.items():
-        rule = get_statistic(stat).shape
+        expected = get_statistic(stat).tensors(model)
         for name, path in zip(names, paths, strict=True):
             try:
                 with safe_open(str(path), framework="pt") as f:
@@ -206,9 +229,8 @@ def check_stats_files(files: dict[str, list[Path]], names: list[str], shapes: di
             except Exception as err:  # safetensors raises its own error types for a damaged header
                 raise StatisticError(f"{path}: not a readable safetensors file ({type(err).__name__})") from None
             for key, got in found.items():
-                want = rule(shapes[key]) if key in shapes else None
-                if want is None or tuple(want) != got:
-                    why = "no such tensor" if key not in shapes else f"expected {list(want or [])}"
+                if expected.get(key) != got:
+                    why = f"expected {list(expected[key])}" if key in expected else f"{stat} has no such tensor"
                     raise StatisticError(f"{path}: tensor {key!r} {list(got)} does not match the models ({why})")
             if not found:
                 raise StatisticError(f"{path}: holds no tensor; {stat} of --model {name} covers nothing")

@@ -19,6 +19,7 @@ The contract (both methods are called with `done`, the finished training runs so
   its planned runs, and no selection passes (the plan says so).
 * `search_inputs(ctx) -> str` (optional) — "vectors" if its selection writes and holds dense distribution
   vectors, "adapters" if it searches LoRA adapters only; the plan's memory and disk lines count them.
+* `statistics_bytes(ctx) -> int` (optional) — the bytes of the per-model statistics its merges will store.
 """
 
 from __future__ import annotations

@@ -241,15 +241,18 @@ def estimate_memory(config: PretrainedConfig, *, param_dtype: torch.dtype, batch
 
 
 def estimate_disk(config: PretrainedConfig, *, checkpoint_dtype: torch.dtype, n_checkpoints: int, n_vectors: int,
-                  vector_dtype: torch.dtype, checkpoint_params: int | None = None) -> dict[str, int]:
+                  vector_dtype: torch.dtype, checkpoint_params: int | None = None,
+                  statistics: int = 0) -> dict[str, int]:
     """Bytes on disk: the fine-tuned checkpoints and the distribution vectors (safetensors stores a tied tensor
     once; headers, tokenizer files, optimizer states and the run cache's bookkeeping are left out).
-    `checkpoint_params`: what one run stores when it is not the whole model (a LoRA adapter); vectors stay dense."""
+    `checkpoint_params`: what one run stores when it is not the whole model (a LoRA adapter); vectors stay dense.
+    `statistics`: the bytes of the per-model statistics data-aware merges store (dem.statistics.stored_bytes)."""
     params = param_count(config)
     stored = params if checkpoint_params is None else checkpoint_params
     checkpoints = n_checkpoints * stored * checkpoint_dtype.itemsize
     vectors = n_vectors * params * vector_dtype.itemsize
-    return {"checkpoints": checkpoints, "vectors": vectors, "total": checkpoints + vectors}
+    return {"checkpoints": checkpoints, "vectors": vectors, "statistics": statistics,
+            "total": checkpoints + vectors + statistics}
 
 
 def bytes_human(n: int) -> str:

@@ -308,7 +308,9 @@ def plan_text(ctx: Context, arms: list[Arm], done: Mapping[str, Entry]) -> str:
                        n_new_checkpoints=sum(not r.cached for r in table),
                        n_new_vectors=len(ctx.names) if searched == "vectors" else 0,
                        cache_root=ctx.cache.root, check_disk=not ctx.cfg.plan_only, adapter_params=ctx.adapter_params,
-                       search_adapters=searched == "adapters")
+                       search_adapters=searched == "adapters",
+                       statistics_bytes=sum(arm.statistics_bytes(ctx) for arm in arms
+                                            if hasattr(arm, "statistics_bytes")))
     return "\n".join([run_table(table, rate, how), describe(budget, ctx.runtime.name),
                       device_hours_text(ctx, arms, done)])
 

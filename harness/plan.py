@@ -44,7 +44,8 @@ class Row:
 def resources(config: PretrainedConfig, *, dtype: torch.dtype, batch_size: int, seq_len: int,
               gradient_checkpointing: bool, n_vectors: int, vector_dtype: torch.dtype, vectors_on: str,
               n_new_checkpoints: int, n_new_vectors: int, cache_root: Path, check_disk: bool = True,
-              adapter_params: int | None = None, search_adapters: bool = False) -> dict[str, Any]:
+              adapter_params: int | None = None, search_adapters: bool = False,
+              statistics_bytes: int = 0) -> dict[str, Any]:
     """Peak memory of one training run and of the coefficient search, and the disk the new cache entries need
     against the disk free under cache_root. Raises PlanError when the disk would not fit, unless not `check_disk`
     (plan_only: the plan may be for another machine, so `describe` only says so). `adapter_params`: LoRA runs,
@@ -55,7 +56,7 @@ def resources(config: PretrainedConfig, *, dtype: torch.dtype, batch_size: int, 
                              vector_dtype=vector_dtype, vectors_on=vectors_on, adapter_params=adapter_params,
                              search_adapters=search_adapters)
     disk = estimate_disk(config, checkpoint_dtype=dtype, n_checkpoints=n_new_checkpoints, n_vectors=n_new_vectors,
-                         vector_dtype=vector_dtype, checkpoint_params=adapter_params)
+                         vector_dtype=vector_dtype, checkpoint_params=adapter_params, statistics=statistics_bytes)
     probe = cache_root
     while not probe.exists():  # the cache folder may not exist yet: measure the disk it will live on
         probe = probe.parent
@@ -78,7 +79,8 @@ def describe(plan: dict[str, Any], device: str) -> str:
             f"{bytes_human(m['activations'])}); search peak ≈ {bytes_human(m['search_peak_device'])} on the device "
             f"({plan.get('search_inputs', 'vectors')} {bytes_human(m['vectors'])}); new disk "
             f"{bytes_human(d['total'])} (checkpoints {bytes_human(d['checkpoints'])}, vectors "
-            f"{bytes_human(d['vectors'])}) of "
+            f"{bytes_human(d['vectors'])}" + (f", statistics {bytes_human(d['statistics'])}" if d["statistics"] else "")
+            + ") of "
             f"{bytes_human(plan['disk_free'])} free" + (" here: NOT ENOUGH for a run on this machine"
                                                         if d["total"] > plan["disk_free"] else ""))
 

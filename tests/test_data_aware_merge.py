@@ -257,3 +257,55 @@ def test_bad_statistics_settings_exit_2_in_one_line(tmp_path, args):
                            f"cache_dir={tmp_path / 'c'}"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "dem.stats.n_tokens" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_a_plugin_registers_its_own_statistic_and_a_strategy_that_uses_it(tmp_path):
+    plugin = tmp_path / "magnitude_gate.py"
+    plugin.write_text('''
+import torch
+from dem.merge import dem_merge, register
+from dem.statistics import register_statistic
+
+@register_statistic("weight_magnitude")
+def weight_magnitude(model, sequences):
+    return {n: p.detach().abs().float() for n, p in model.named_parameters()}
+
+def gate(deltas, params, generator, stats):
+    return [d * (m > 0.5) if m is not None else d for d, m in zip(deltas, stats["weight_magnitude"])]
+
+@register("magnitude_gated", prepare=gate, coefficients=lambda w, p: list(w), stats=["weight_magnitude"])
+def magnitude_gated(base, deltas, weights, params):
+    return dem_merge(base, deltas, weights, params)
+''')
+    from dem.merge import STRATEGIES
+    from dem.statistics import STATISTICS, get_statistic
+
+    load_strategy_file(str(plugin))
+    try:
+        model = _tiny_llama()
+        magnitudes = get_statistic("weight_magnitude").compute(model, [])
+        name = "model.layers.0.mlp.up_proj.weight"
+        base = {name: dict(model.named_parameters())[name].detach().double()}
+        deltas = [{name: torch.ones_like(base[name])}]
+        merged = merge_state(base, deltas, [1.0], "magnitude_gated", stats={"weight_magnitude": [magnitudes]})
+        torch.testing.assert_close(merged[name] - base[name], (magnitudes[name] > 0.5).double())
+    finally:  # the registries are process-wide: leave them as the other tests expect
+        STRATEGIES.pop("magnitude_gated", None)
+        STATISTICS.pop("weight_magnitude", None)
+
+
+def test_the_plan_sizes_each_statistic_as_it_is_stored(tmp_path):
+    from dem.statistics import get_statistic, stored_bytes
+
+    model = _tiny_llama()
+    seqs = [([1, 2, 3, 4], [1, 2, 3, 4])]
+    for name, compute in (("fisher_diag", fisher_diag), ("input_gram", input_gram)):
+        tensors = compute(model, seqs)
+        assert {k: tuple(v.shape) for k, v in tensors.items()} == get_statistic(name).tensors(model)
+        assert stored_bytes(name, model.config) == sum(v.numel() * 4 for v in tensors.values())
+    proc = subprocess.run([sys.executable, "-m", "harness", *MICRO, "dem.compare=[{merge: regmean}]", "plan_only=true",
+                           f"output_dir={tmp_path / 'o'}", f"cache_dir={tmp_path / 'c'}"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = next(x for x in (proc.stdout + proc.stderr).splitlines() if "new disk" in x)
+    assert ", statistics " in line, line
