@@ -2,7 +2,8 @@
 # The commands behind the committed reference reports (reports/README.md). Run from the repository root after
 # `make smollm2` (or `make test`). Each writes to runs/ref/<name>/ and is timed; the reports/ folders hold copies of
 # their report.md, summary.json, results.csv and cost_quality.png (and, for sweeps, the aggregate files).
-#   bash reports/run_references.sh [smollm2-cpu|smollm2-real|smollm2-real-benchmarks|smollm2-lora-cpu|default-cpu|default-cpu-seeds|
+#   bash reports/run_references.sh [smollm2-cpu|smollm2-real|smollm2-real-benchmarks|smollm2-lora-cpu|
+#                                   merge-strategies-smollm2|default-cpu|default-cpu-seeds|
 #                                   baselines-cpu ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,6 +42,15 @@ for name in "${names[@]}"; do
           "eval.score_models=[base,data_mixing,dem]" cache_dir=$cache output_dir=runs/ref/$name/$method
       done
       $bin/python reports/lora_vs_full.py runs/ref/$name/full runs/ref/$name/lora > runs/ref/$name/README.md ;;
+    merge-strategies-smollm2)  # issue 19: every registered strategy on smollm2-real's fine-tunes against grid mixing;
+      # shares smollm2-lora-cpu's full-fine-tuning runs and base/mixing/dem scores through the cache
+      timed $name /usr/bin/time -f %M -o runs/ref/$name.maxrss $bin/dem-bench model=smollm2 data=real \
+        budget=smollm2_cpu data.n_val=30 data.n_report=30 eval.limit=100 dem.n_trials=12 \
+        "dem.compare=[{merge: ties, params: {density: 0.5}}, {merge: dare_ties, params: {density: 0.5}}, \
+          {merge: breadcrumbs, params: {density: 0.9}}, {merge: della, params: {density: 0.5}}, {merge: fisher}, \
+          {merge: regmean}]" \
+        "eval.score_models=[base,data_mixing,dem,dem_ties,dem_dare_ties,dem_breadcrumbs,dem_della,dem_fisher,dem_regmean]" \
+        cache_dir=$cache output_dir=runs/ref/$name ;;
     default-cpu)  # the embedded default alone (seed 0 of default-cpu-seeds)
       timed $name $bin/dem-bench cache_dir=$cache output_dir=runs/ref/$name ;;
     default-cpu-seeds)  # issue 9: the embedded default over 3 seeds, aggregated
