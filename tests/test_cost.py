@@ -233,8 +233,11 @@ def test_activations_reduce_to_korthikanti_for_a_gpt():
 def test_open_llama_7b_disk():
     disk = cost.estimate_disk(OPEN_LLAMA_7B, checkpoint_dtype=torch.bfloat16, n_checkpoints=4, n_vectors=3,
                               vector_dtype=torch.float32)
-    assert disk == {"checkpoints": 4 * 2 * P_7B, "vectors": 3 * 4 * P_7B, "total": 20 * P_7B}
+    assert disk == {"checkpoints": 4 * 2 * P_7B, "vectors": 3 * 4 * P_7B, "statistics": 0, "total": 20 * P_7B}
     assert cost.bytes_human(disk["total"]) == "134.8 GB"
+    with_stats = cost.estimate_disk(OPEN_LLAMA_7B, checkpoint_dtype=torch.bfloat16, n_checkpoints=4, n_vectors=3,
+                                    vector_dtype=torch.float32, statistics=3 * 4 * P_7B)  # e.g. 3 Fisher diagonals
+    assert with_stats["statistics"] == 3 * 4 * P_7B and with_stats["total"] == 32 * P_7B
 
 
 @pytest.mark.parametrize("n,text", [(0, "0 B"), (999, "999 B"), (1000, "1.0 kB"), (999_960, "1.0 MB"),
