@@ -257,7 +257,6 @@ class DemArm:
             search = ctx.cache.get_or_create("search", {**study_spec, "n_trials": cfg.n_trials}, run_search,
                                              f"{label} search")
         record = search.record
-        start = time.perf_counter()
         session = inputs.session(ctx.load(ctx.base.path), strategy, fixed, seed)
         session.set([record["weights"][n] for n in names], record["params"])
         held = session.held_bytes()
@@ -279,8 +278,9 @@ class DemArm:
         merge_cost = {"stats_flops": sum(e.record["flops"] for e in used),
                       "stats_wall_s": sum(e.record["wall_s"] for e in used),
                       "search_wall_s": record.get("search_wall_s"),  # as the search ran (cached with it)
-                      "merge_wall_s": time.perf_counter() - start,  # building the selected merge, this run
                       "held_bytes": held}  # what the merge session holds: θ, vectors, prepared vectors, θ₀
+        # wall times measured in this run stay out of summary.json (identical runs, identical summaries): building
+        # the selected merge is timings.json's `select dem` stage
         return Candidate(label=label, model_key=record["key"], open=lambda: ctx.load(folder), runs=runs,
                          selection_forward_tokens=record["search_forward_tokens"], merge_cost=merge_cost,
                          selected={"weights": record["weights"], "merge": merge, "params": record["params"],

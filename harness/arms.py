@@ -76,7 +76,7 @@ class Candidate:
     selected: dict[str, Any] = field(default_factory=dict)  # what was chosen, and how
     selection_flops: float | None = None  # when its selection ran on another model (proxies); else from tokens
     merge_cost: dict[str, Any] | None = None  # a merge's own cost: stats_flops (added to its selection FLOPs),
-    # stats_wall_s, search_wall_s, merge_wall_s, held_bytes (dem.arm)
+    # stats_wall_s, search_wall_s (as cached), held_bytes (dem.arm)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from tests.conftest import MICRO
 
 pytestmark = pytest.mark.slow
 ARGS = [*MICRO, "mixing.grid_step=1"]
-WALL_CLOCK = {"wall_s", "train_wall_s", "train_device_s", "output_dir", "stats_wall_s", "search_wall_s", "merge_wall_s"}
+WALL_CLOCK = {"wall_s", "train_wall_s", "train_device_s", "output_dir", "stats_wall_s", "search_wall_s"}
 
 
 def _run(out: Path, cache: Path) -> subprocess.CompletedProcess:

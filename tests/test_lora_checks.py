@@ -194,8 +194,11 @@ def test_a_lora_run_killed_in_its_second_fine_tune_resumes_to_the_uninterrupted_
     for line in proc.stdout:
         if "cache miss train/" in line:
             misses.append(line.split("cache miss train/")[1].split()[0])
-            if len(misses) == 2:
-                time.sleep(1.0)  # into the second fine-tune (each takes ~10 s here)
+            if len(misses) == 2:  # kill as soon as the second fine-tune's build folder exists: a fine-tune of the
+                # micro model can finish within a second, so a fixed sleep may land after it (a CI failure)
+                deadline = time.monotonic() + 30
+                while not list(cache.glob(f"train/.{misses[1]}.tmp-*")) and time.monotonic() < deadline:
+                    time.sleep(0.005)
                 proc.send_signal(signal.SIGKILL)
                 break
     proc.wait(timeout=60)

@@ -21,7 +21,7 @@ from tests.conftest import MICRO
 
 pytestmark = pytest.mark.slow
 ARGS = [*MICRO, "dem.n_trials=8", "dem.compare=[{merge: ties, params: {density: 0.5}, search_params: [density]}]"]
-WALL_CLOCK = {"wall_s", "train_wall_s", "train_device_s", "output_dir", "stats_wall_s", "search_wall_s", "merge_wall_s"}
+WALL_CLOCK = {"wall_s", "train_wall_s", "train_device_s", "output_dir", "stats_wall_s", "search_wall_s"}
 
 
 def _cmd(out: Path, cache: Path) -> list[str]:
