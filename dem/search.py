@@ -414,7 +414,11 @@ def search_weights(session: Session, names: list[str], fixed: Params,
     fail_stale_trials(study)
     done = finished_trials(study)
     if done:
-        log.info("%s: resuming, %d of %d trials already done", label, len(done), n_trials)
+        if len(done) >= n_trials:  # a longer study of the same search: its first n_trials answer (study_result)
+            log.info("%s: the study has %d finished trials; reporting the best of its first %d", label, len(done),
+                     n_trials)
+        else:
+            log.info("%s: resuming, %d of %d trials already done", label, len(done), n_trials)
         if session.replays:  # in place: rebuild the exact state the finished trials left
             for t in done:
                 if "infeasible" not in t.user_attrs:

@@ -1,4 +1,5 @@
 import copy
+import logging
 import math
 
 import optuna
@@ -59,7 +60,7 @@ def test_search_resumes_from_its_journal_without_redoing_trials(base_model, toke
 
 
 def test_a_smaller_budget_on_a_longer_study_reports_the_best_of_its_own_first_trials(base_model, tokenizer,
-                                                                                        tmp_path):
+                                                                                        tmp_path, caplog):
     """One study, two budgets (a `-m dem.n_trials=2,6` sweep): the 2-trial search after the 6-trial one must
     report what a fresh 2-trial search reports, not the 6-trial study's best."""
     _, _, val, session, fixed = _setup(base_model, tokenizer)
@@ -68,7 +69,9 @@ def test_a_smaller_budget_on_a_longer_study_reports_the_best_of_its_own_first_tr
     _, _, val, session, fixed = _setup(base_model, tokenizer)
     long = _search(session, fixed, val, tmp_path / "shared", n_trials=6, sampler="random",
                    on_trial=lambda i, w, p: scores.append(p))
-    short = _search(session, fixed, val, tmp_path / "shared", n_trials=2, sampler="random")
+    with caplog.at_level(logging.INFO, logger="dem.search"):
+        short = _search(session, fixed, val, tmp_path / "shared", n_trials=2, sampler="random")
+    assert "the study has 6 finished trials; reporting the best of its first 2" in caplog.text  # not "resuming"
     assert long["n_trials"] == 6 and short["n_trials"] == 2
     assert short["val_ppl"] == pytest.approx(min(scores[:2])) and short["weights"] == fresh["weights"]
     assert short["search_forward_tokens"] == fresh["search_forward_tokens"] < long["search_forward_tokens"]
