@@ -311,6 +311,10 @@ def _paired_table(summary: dict[str, Any]) -> str:
         if comp.get("mean"):
             out.append(f"| {name} | **mean over tasks** | {_ci(comp['mean'], 'diff')} | {_p(comp['mean']['p_value'])} "
                        "| |")
+        ppl = comp.get("val_log_ppl")
+        if ppl:  # every row has one, scored or not: the comparison a `dem.compare` row without task scores gets
+            out.append(f"| {name} | validation perplexity, ratio (below 1 favours the first) | {ppl['ratio']:.3f} "
+                       f"[{ppl['ratio_low']:.3f}, {ppl['ratio_high']:.3f}] | {_p(ppl['p_value'])} | |")
     return "## Paired differences against data mixing (same items)\n\n" + "\n".join(out) + "\n\n"
 
 

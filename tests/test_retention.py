@@ -286,3 +286,21 @@ def test_the_aggregate_has_the_retention_columns(tmp_path):
     row = next(line for line in md.splitlines() if line.startswith("| dem_ties |"))
     assert "n/a" in row and f"{ci['mean']:.3f} ± {ci['high'] - ci['mean']:.3f}" in row  # retention_id
     assert "`retention_id`: in-distribution retention" in md
+
+
+def test_every_compared_strategy_has_its_paired_perplexity_row_scored_or_not():
+    """The committed merge-strategies reference: four rows were left out of scoring, yet each has its paired
+    perplexity test against mixing in report.md, with summary.json's numbers."""
+    summary = json.loads((Path(__file__).parents[1] / "reports" / "merge-strategies-smollm2" / "summary.json")
+                         .read_text())
+    paired = summary["statistics"]["paired"]
+    assert len(paired) == 7 and not paired["dem_ties - data_mixing"].get("tasks")  # unscored, still compared
+    table = render(summary)["report.md"].decode().split("## Paired differences against data mixing")[1]
+    table = table.split("\n## ")[0]
+    for name, comp in paired.items():
+        ppl = comp["val_log_ppl"]
+        p = "< 0.001" if ppl["p_value"] < 0.001 else f"{ppl['p_value']:.3f}"
+        assert (f"| {name} | validation perplexity, ratio (below 1 favours the first) | {ppl['ratio']:.3f} "
+                f"[{ppl['ratio_low']:.3f}, {ppl['ratio_high']:.3f}] | {p} | |") in table, name
+    assert "| dem_ties - data_mixing | validation perplexity, ratio (below 1 favours the first) | 0.957 [0.935, " \
+           "0.978] | < 0.001 | |" in table
