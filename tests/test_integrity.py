@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import MICRO
+from tests.test_resume import _strip  # the summary without wall-clock fields, at any depth
 
 pytestmark = pytest.mark.slow
 ARGS = [*MICRO, "mixing.grid_step=1"]
-WALL_CLOCK = {"wall_s", "train_wall_s", "train_device_s", "output_dir", "stats_wall_s", "search_wall_s"}
 
 
 def _run(out: Path, cache: Path) -> subprocess.CompletedProcess:
@@ -28,11 +28,6 @@ def _results(out: Path, cache: Path) -> dict:
     text = (out / "summary.json").read_text().replace(str(cache), "<cache>")
     methods = json.loads(text)["methods"]
     return {m: _strip(fields) for m, fields in methods.items()}
-
-
-def _strip(obj):
-    """Without wall-clock fields, at any depth (a merge's cost holds its wall times)."""
-    return {k: _strip(v) for k, v in obj.items() if k not in WALL_CLOCK} if isinstance(obj, dict) else obj
 
 
 @pytest.fixture(scope="module")
