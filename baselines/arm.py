@@ -23,10 +23,10 @@ from omegaconf import DictConfig
 
 from baselines import heuristics, regmix
 from baselines.grid import simplex_grid
-from harness import cost
 from harness.arms import ArmError, Candidate, Context, Planned, PlannedModel, register_arm
-from harness.cache import Entry
-from harness.runs import RunSpec
+from harness.runs import cost
+from harness.runs.cache import Entry
+from harness.runs.spec import RunSpec
 
 METHODS = ("grid", "regmix", "uniform", "proportional", "temperature")
 

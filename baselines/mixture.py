@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from harness.tokens import Sequence_
+from harness.data.tokens import Sequence_
 
 
 def sample_mixture(pools: dict[str, list[Sequence_]], weights: dict[str, float], n_tokens: int,

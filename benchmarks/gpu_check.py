@@ -2,7 +2,7 @@
 in one process:
 
   * one coefficient-search trial (MergeSession.set + a validation forward pass) against one bare forward pass;
-  * training tokens/s through the harness (HF Trainer, harness.training.train) against a bare PyTorch loop
+  * training tokens/s through the harness (HF Trainer, harness.runs.trainer.train) against a bare PyTorch loop
     (AdamW, bf16 autocast, grad clipping, the same model, blocks, batch and number of steps).
 
     .venv/bin/python benchmarks/gpu_check.py                 # on a CUDA machine
@@ -26,9 +26,9 @@ sys.path.insert(0, str(REPO))
 
 from dem.merge import get_strategy
 from dem.search import MergeSession
-from harness.models import Runtime, convert_smollm2, load_model
-from harness.perplexity import nll
-from harness.training import train
+from harness.evaluation.perplexity import nll
+from harness.models.loading import Runtime, convert_smollm2, load_model
+from harness.runs.trainer import train
 
 
 def sync(device: torch.device) -> None:

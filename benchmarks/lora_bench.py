@@ -49,9 +49,9 @@ from dem.adapter_merge import AdapterSession, read_factors
 from dem.merge import get_strategy
 from dem.search import MergeSession
 from dem.vectors import load_vectors, save_vector
-from harness import lora
 from harness.config import LoraSettings
-from harness.models import load_model
+from harness.models import lora
+from harness.models.loading import load_model
 
 N_ADAPTERS = 3
 

@@ -7,7 +7,7 @@
 
 Each run is the CLI itself (`python -m harness`, as `make run` starts it) on a fresh cache (cold), then again on
 that cache with a new output folder (warm). Stage times come from the run's own `timings.json`
-(harness/stopwatch.py: each stage's self time, so they add up to the whole): data, contamination check, base model,
+(harness/runs/stopwatch.py: each stage's self time, so they add up to the whole): data, contamination check, base model,
 tokenisation, plan, each training run, selection per arm (DEM's vectors and search separately), perplexity and
 lm-eval per model (task setup and the HELM-style robustness pass separately), statistics, W&B.
 The command's own wall time is measured around it: what no stage covers (interpreter start, imports, writing the

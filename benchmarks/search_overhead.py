@@ -6,7 +6,7 @@
 
 For each model (3 distribution vectors, ~1k validation tokens) and each vector dtype (--vector-dtypes: the model's
 fp32 and bf16 by default, one table row each) it measures, interleaved, medians of --repeats:
-  forward   — one bare validation forward pass (harness.perplexity.nll over the tokens);
+  forward   — one bare validation forward pass (harness.evaluation.perplexity.nll over the tokens);
   trial     — one in-memory search trial: MergeSession.set (θ ← θ + Σ Δcᵢ Δᵢ in one pass) + the same forward pass;
   set_fused — that trial's MergeSession.set alone;
   set_3pass — the same update done as before: one foreach pass over θ per vector, so θ is read and written 3
@@ -43,8 +43,8 @@ sys.path.insert(0, str(REPO))
 from dem.merge import get_strategy, merge_state
 from dem.search import MergeSession
 from dem.vectors import load_vectors, save_vector
-from harness.models import copy_params, load_model
-from harness.perplexity import nll
+from harness.evaluation.perplexity import nll
+from harness.models.loading import copy_params, load_model
 
 N_VECTORS = 3
 SHORT = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}

@@ -12,7 +12,7 @@ peft, so the merged model is ONE adapter that `PeftModel.from_pretrained(base, f
 
 Only strategies that are θ₀ + Σ cᵢ(weights, params)Δᵢ with no weight-independent step on Δ can be done this way
 (`is_linear`: dem, task_arithmetic, linear with normalize); sparsifying (dare_linear, breadcrumbs) and sign-
-consensus strategies act on dense Δ entries, so they keep densifying (harness/lora.py dense_vector). Inputs are
+consensus strategies act on dense Δ entries, so they keep densifying (harness/models/lora.py dense_vector). Inputs are
 plain LoRA adapters (peft's vanilla Linear LoRA: no DoRA or other variant, no trained biases or full modules) that
 adapt the same modules of the same base.
 """
@@ -28,9 +28,9 @@ from typing import Any
 import torch
 
 from dem.merge import Params, Strategy
-from harness.cache import sha256_file
 from harness.errors import HarnessError
-from harness.lora import ADAPTER, ADAPTER_CONFIG
+from harness.models.lora import ADAPTER, ADAPTER_CONFIG
+from harness.runs.cache import sha256_file
 
 WEIGHTS = "adapter_model.safetensors"  # what peft's save_pretrained writes (safetensors only is read here)
 

@@ -27,15 +27,16 @@ from dem.merge import Params, Strategy, get_strategy, load_strategy_file
 from dem.search import MergeSession, Session, WorkerSpec, search_parallel, search_weights, storage_for, storage_location
 from dem.statistics import STATS_FILE, Statistic, StatsFiles, get_statistic, select_sequences, stored_bytes
 from dem.vectors import distribution_vector, dtype_name, load_vectors, save_vector
-from harness import cost, lora
 from harness.arms import Candidate, Context, Planned, PlannedModel, register_arm
-from harness.base import runtime_spec
-from harness.cache import Entry, spec_key
 from harness.config import strategy_params
-from harness.models import CPU_FP32, DTYPES, Runtime, copy_params, load_model
-from harness.report import write_atomic
-from harness.runs import read_pool
-from harness.stopwatch import stage
+from harness.models import lora
+from harness.models.loading import CPU_FP32, DTYPES, Runtime, copy_params, load_model
+from harness.report.comparison import write_atomic
+from harness.runs import cost
+from harness.runs.base import runtime_spec
+from harness.runs.cache import Entry, spec_key
+from harness.runs.spec import read_pool
+from harness.runs.stopwatch import stage
 
 
 @dataclass(frozen=True)

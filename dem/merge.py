@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from harness.data import stable_seed
+from harness.data.builtin import stable_seed
 from harness.errors import HarnessError
 
 Tensor = torch.Tensor

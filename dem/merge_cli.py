@@ -32,9 +32,9 @@ from safetensors.torch import load_file, save_file
 from dem.adapter_merge import AdapterMergeError, AdapterSession, adapter_config, is_linear, load_problem
 from dem.merge import MergeConfigError, Strategy, get_strategy, load_strategy_file, tensor_generator
 from dem.statistics import StatisticError, StatsFiles, check_stats_files, meta_model
-from harness import lora
 from harness.errors import HarnessError
-from harness.models import load_model
+from harness.models import lora
+from harness.models.loading import load_model
 
 
 class MergeInputError(HarnessError, ValueError):

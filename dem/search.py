@@ -35,9 +35,9 @@ from dem.adapter_merge import AdapterSession
 from dem.merge import MergeConfigError, Params, Stats, Strategy, get_strategy, load_strategy_file, tensor_generator
 from dem.statistics import StatsFiles
 from dem.vectors import load_vectors
-from harness.data import stable_seed
-from harness.models import DTYPES, LoadOptions, Runtime, load_model
-from harness.perplexity import nll, selection_score
+from harness.data.builtin import stable_seed
+from harness.evaluation.perplexity import nll, selection_score
+from harness.models.loading import DTYPES, LoadOptions, Runtime, load_model
 
 log = logging.getLogger(__name__)
 
@@ -388,7 +388,7 @@ def search_weights(session: Session, names: list[str], fixed: Params,
                    on_trial: Callable[[int, dict[str, float], float], None] | None = None,
                    label: str = "search", metric: str = "pooled_ppl") -> dict[str, Any]:
     """Minimise the selection metric (pooled validation perplexity, or the geometric mean of the distributions'
-    perplexities: `metric`, see harness.perplexity.selection_score) over weights ∈ weight_range (and `searched`
+    perplexities: `metric`, see perplexity.selection_score) over weights ∈ weight_range (and `searched`
     parameters).
 
     `fixed` are the strategy's resolved parameters; a searched one is overwritten per trial (one shared value
@@ -487,7 +487,7 @@ class WorkerSpec:
     val: str = ""  # a torch.save file of {name: (x, y)}; needed only when run_worker is not handed the tensors
     device: str = "cpu"
     dtype: str = "float32"
-    options: dict[str, bool] = field(default_factory=dict)  # harness.models.LoadOptions fields
+    options: dict[str, bool] = field(default_factory=dict)  # harness.models.loading.LoadOptions fields
     vectors_on: VectorsOn = "device"
     plugins: list[str] = field(default_factory=list)  # strategy files (dem.plugins): a fresh process lacks them
     adapters: list[str] = field(default_factory=list)  # LoRA adapter folders searched as one adapter (AdapterSession)

@@ -32,7 +32,7 @@ from harness.errors import HarnessError
 
 Tensor = torch.Tensor
 STATS_FILE = "stat.safetensors"  # one statistic of one model in its cache entry: {parameter name: tensor}
-Sequence_ = tuple[list[int], list[int]]  # token ids and labels (-100: not scored), as harness.runs.read_pool gives
+Sequence_ = tuple[list[int], list[int]]  # token ids and labels (-100: not scored), as harness.runs.spec.read_pool gives
 StatisticFn = Callable[[torch.nn.Module, Sequence[Sequence_]], dict[str, Tensor]]
 
 

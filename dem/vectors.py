@@ -14,8 +14,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from harness.cache import sha256_file
 from harness.errors import HarnessError
+from harness.runs.cache import sha256_file
 
 
 class VectorIntegrityError(HarnessError, RuntimeError):

@@ -22,8 +22,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from harness.config import CONF_DIR, GROUPS, ConfigError, check_presets, did_you_mean, known_keys, validate
-from harness.errors import HarnessError
+from harness.config import CONF_DIR, GROUPS, check_presets, did_you_mean, known_keys
+from harness.errors import ConfigError, HarnessError
+from harness.validate import validate
 
 log = logging.getLogger("harness")
 MULTIRUN = ("-m", "--multirun")
@@ -203,7 +204,7 @@ def _preset_config(overrides: list[str]) -> DictConfig:
 
 def precheck(overrides: list[str]) -> DictConfig:
     """Compose, validate and preflight one job's config, so bad input fails in a second, not after training."""
-    from harness.filecheck import look_in
+    from harness.data.filecheck import look_in
     from harness.preflight import preflight
 
     composed = compose_config(overrides)
@@ -219,11 +220,11 @@ def precheck(overrides: list[str]) -> DictConfig:
 def print_plan(cfg: DictConfig) -> None:
     """`plan_only=true`: the plan — every run each arm needs, cached or not, with its estimated cost — printed
     before Hydra creates any folder; nothing is written to the cache or the output folder."""
-    from harness.arms import make_arm
-    from harness.cache import RunCache
-    from harness.mirror import hub_mirror
+    from harness.arm_registry import make_arm
+    from harness.data.mirror import hub_mirror
     from harness.pipeline import make_context, plan_text
     from harness.plan import plan_splits, slice_tokens
+    from harness.runs.cache import RunCache
 
     with hub_mirror(cfg.hub_mirror):
         splits, unread = plan_splits(cfg)  # data that cannot be read is planned from the config's row counts
@@ -245,9 +246,8 @@ def sweep_plan_only(configs: list[DictConfig]) -> bool:
 def print_sweep_plan(configs: list[DictConfig], swept: list[str]) -> None:
     """`-m … plan_only=true`: each job's plan, then the sweep's total — runs several jobs share (the same training
     run in the same cache) are counted once. Nothing is created: no sweep folder, nothing in the cache."""
-    from harness.arms import make_arm
-    from harness.cache import RunCache
-    from harness.mirror import hub_mirror
+    from harness.arm_registry import make_arm
+    from harness.data.mirror import hub_mirror
     from harness.pipeline import all_planned, make_context, plan_text
     from harness.plan import (
         _duration,
@@ -257,6 +257,7 @@ def print_sweep_plan(configs: list[DictConfig], swept: list[str]) -> None:
         slice_tokens,
         sweep_hours_text,
     )
+    from harness.runs.cache import RunCache
 
     todo: dict[tuple[str, str], tuple[int, float]] = {}  # (cache, run key) -> (tokens, FLOPs) of runs to train
     costs = []  # per job: its config, cache and every reported model's compute (device-hours)
@@ -377,7 +378,7 @@ def main() -> None:
     except HarnessError as err:
         _fail(str(err))
     if not info:
-        from harness.filecheck import save_passed
+        from harness.data.filecheck import save_passed
 
         save_passed()  # every check passed and the run goes ahead: a rerun only hashes the data files
     app()

@@ -3,7 +3,7 @@
 An arm plans the training runs it needs and selects its model(s) from their results; the pipeline trains what
 every arm plans (through the shared, locked cache), charges each arm for every run it needed, evaluates what each
 selects, and reports the rows in `arms` order. Adding a baseline is one module with one `@register_arm` class
-and one config preset — no edit to the pipeline.
+and one config preset — no edit to the pipeline (the shipped arms are imported by harness/arm_registry.py).
 
 The contract (both methods are called with `done`, the finished training runs so far, by RunSpec key):
 
@@ -24,17 +24,18 @@ The contract (both methods are called with `done`, the finished training runs so
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from omegaconf import DictConfig
 
-from harness.cache import Entry, RunCache
 from harness.errors import HarnessError
-from harness.runs import RunSpec
+
+if TYPE_CHECKING:  # annotations only: the protocol stays importable without torch (`dem-bench --help`, validate)
+    from harness.runs.cache import Entry, RunCache
+    from harness.runs.spec import RunSpec
 
 
 class ArmError(HarnessError, ValueError):
@@ -89,9 +90,9 @@ class Context:
     names: list[str]  # the distributions trained on
     rows_available: dict[str, int]  # training rows per distribution (for size-proportional mixtures)
     out: Path
-    base: Any  # harness.base.Base
-    runtime: Any  # harness.models.Runtime
-    options: Any  # harness.models.LoadOptions
+    base: Any  # harness.runs.base.Base
+    runtime: Any  # harness.models.loading.Runtime
+    options: Any  # harness.models.loading.LoadOptions
     seeds: DictConfig
     data_spec: dict[str, Any]  # the selection slice's identity (seed, fingerprints, tokenizer): ppl/search keys
     report_spec: dict[str, Any]  # the report slice's identity: the reported perplexities' keys
@@ -100,7 +101,7 @@ class Context:
     train_flops: Callable[[int], float]  # training FLOPs of `tokens` tokens at the budget's sequence length
     model_config: Any = None  # the base's transformers config (cost estimates)
     adapter_params: int | None = None  # training.method=lora: parameters of one run's adapters (None: full)
-    tracker: Any = None  # harness.tracking.Tracker
+    tracker: Any = None  # harness.report.tracking.Tracker
     tokenizer: Any = None
     val: dict[str, Any] = field(default_factory=dict)  # the selection slice's packed blocks per distribution
     report: dict[str, Any] = field(default_factory=dict)  # the report slice's blocks and example owners
@@ -134,18 +135,3 @@ def register_arm(name: str) -> Callable[[type], type]:
         return cls
 
     return wrap
-
-
-def make_arm(name: str, cfg: DictConfig) -> Arm:
-    _load_builtin_arms()
-    if name not in ARMS:
-        close = difflib.get_close_matches(name, ARMS, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ArmError(f"arms: unknown arm '{name}'.{hint} Available: {', '.join(sorted(ARMS))}")
-    return ARMS[name](cfg)
-
-
-def _load_builtin_arms() -> None:
-    """The arms shipped with the harness register themselves on import."""
-    import baselines.arm  # noqa: F401
-    import dem.arm  # noqa: F401

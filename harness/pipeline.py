@@ -19,31 +19,22 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig
 
-from harness import cost, lora, provenance
-from harness.arms import Arm, Candidate, Context, Planned, make_arm
-from harness.base import base_config, load_options, prepare_base, runtime_spec
-from harness.cache import Entry, RunCache, spec_key
-from harness.config import model_preset, plain
-from harness.contamination import affected, check, overlap, task_documents, training_texts
-from harness.data import bbh_object_counting, generate_splits
-from harness.evaluation import (
-    TASK_VERSION,
-    chance_level,
-    check_eval,
-    evaluate,
-    fewshot_for,
-    flat_scores,
-    generates,
-    headline_metric,
-    limit_for,
-    mirror_fingerprint,
-    write_tasks,
-)
-from harness.executor import make_executor
-from harness.mirror import hub_mirror
-from harness.models import DTYPES, load_model, load_tokenizer, resolve_runtime
-from harness.perplexity import perplexity, selection_score, sums_of
-from harness.perturb import VERSION as PERTURB_VERSION
+from harness.arm_registry import make_arm
+from harness.arms import Arm, Candidate, Context, Planned
+from harness.config import SourceConfig, model_preset, plain
+from harness.data.builtin import bbh_object_counting, generate_splits
+from harness.data.mirror import hub_mirror
+from harness.data.sources import Distribution, load_distribution
+from harness.data.tokens import encode, pack, pack_examples
+from harness.evaluation.checks import check_eval, mirror_fingerprint
+from harness.evaluation.contamination import affected, check, overlap, task_documents, training_texts
+from harness.evaluation.perplexity import perplexity, selection_score, sums_of
+from harness.evaluation.perturb import VERSION as PERTURB_VERSION
+from harness.evaluation.results import flat_scores, headline_metric
+from harness.evaluation.runner import evaluate
+from harness.evaluation.tasks import TASK_VERSION, chance_level, fewshot_for, generates, limit_for, write_tasks
+from harness.models import lora
+from harness.models.loading import DTYPES, load_model, load_tokenizer, resolve_runtime
 from harness.plan import (
     Row,
     describe,
@@ -53,21 +44,23 @@ from harness.plan import (
     run_table,
     search_inputs,
 )
-from harness.report import rows, write_atomic, write_report
-from harness.retention import retention
-from harness.runs import DATA_VERSION, RunSpec, normalise, pool_spec, store_pools, tokenizer_spec
-from harness.significance import statistics
-from harness.sources import Distribution, SourceConfig, load_distribution
-from harness.stopwatch import Stopwatch, stage
-from harness.tokens import encode, pack, pack_examples
-from harness.tracking import Tracker
+from harness.report.comparison import rows, write_atomic, write_report
+from harness.report.tracking import Tracker
+from harness.runs import cost, provenance
+from harness.runs.base import base_config, load_options, prepare_base, runtime_spec
+from harness.runs.cache import Entry, RunCache, spec_key
+from harness.runs.executor import make_executor
+from harness.runs.spec import DATA_VERSION, RunSpec, normalise, pool_spec, store_pools, tokenizer_spec
+from harness.runs.stopwatch import Stopwatch, stage
+from harness.stats.retention import retention
+from harness.stats.significance import statistics
 
 log = logging.getLogger(__name__)
 
-CONTAMINATION_VERSION = 1  # bump when harness/contamination.py's counts change meaning
+CONTAMINATION_VERSION = 1  # bump when harness/evaluation/contamination.py's counts change meaning
 CONTAMINATION_METHOD = ("exact normalised text and 13-gram overlap (lm-eval's Janitor normalisation) of each "
                         "source's training rows with each scored document; 'contained': exact, or half the "
-                        "document's content words in shared 13-grams (harness/contamination.py)")
+                        "document's content words in shared 13-grams (harness/evaluation/contamination.py)")
 VALIDATION_NOTE = ("val_ppl, val_ppl_by_dist, their CIs and paired tests are on the report slice, which no selection "
                    "sees; selection_val_ppl is on the selection slice the search and the grid chose on (optimistic "
                    "for the models chosen on it)")
@@ -266,7 +259,7 @@ def make_context(cfg: DictConfig, cache: RunCache, out: Path, splits: dict[str, 
 
 def planned_model_config(cfg: DictConfig, base_path: Path, options: Any) -> Any:
     """The base's config for cost estimates before it exists: its own once built or located, else what the
-    preset describes (harness.base.base_config)."""
+    preset describes (harness.runs.base.base_config)."""
     if (base_path / "config.json").exists():
         return AutoConfig.from_pretrained(base_path, trust_remote_code=options.trust_remote_code)
     return base_config(cfg.model, plan=True)
@@ -364,7 +357,7 @@ def builtin_test_sets(cfg: DictConfig, splits: Mapping[str, Distribution], tasks
 def check_contamination(cfg: DictConfig, cache: RunCache, out: Path, splits: Mapping[str, Distribution]
                         ) -> dict[str, Any]:
     """Every source's training rows against every scored task's documents (exact text, 13-grams: see
-    harness/contamination.py), through the cache (reading a large suite's documents takes a minute). Raises
+    harness/evaluation/contamination.py), through the cache (reading a large suite's documents takes a minute). Raises
     ContaminationError when a source holds a stock task's test documents, unless eval.allow_contamination.
 
     Built-in tasks are reported, never refused: their items come from the training generators' own templates

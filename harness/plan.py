@@ -19,12 +19,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import PretrainedConfig
 
-from harness.accelerators import ACCELERATORS
 from harness.arms import Planned
-from harness.config import plain
-from harness.cost import bytes_human, estimate_disk, estimate_memory, forward_flops, param_count
+from harness.config import SourceConfig, plain
+from harness.data.sources import Distribution, SourceError, load_distribution
 from harness.errors import HarnessError
-from harness.sources import Distribution, SourceConfig, SourceError, load_distribution
+from harness.runs.accelerators import ACCELERATORS
+from harness.runs.cost import bytes_human, estimate_disk, estimate_memory, forward_flops, param_count
 
 
 class PlanError(HarnessError, RuntimeError):
@@ -286,7 +286,7 @@ def memory_fit(ctx: Any, acc: Any, search_adapters: bool = False) -> str:
         f"does NOT fit (weights, gradients and AdamW alone {bytes_human(state)}, and data-parallel training "
         "replicates them on every device): pick an accelerator with more memory")
     search = "fits" if m["search_peak_device"] <= room else "does NOT fit: dem.vectors_on=cpu streams the vectors"
-    return (f"on it ({str(dtype).removeprefix('torch.')}, harness/cost.py): training peak ≈ "
+    return (f"on it ({str(dtype).removeprefix('torch.')}, harness/runs/cost.py): training peak ≈ "
             f"{bytes_human(m['train_peak'])} of its {acc.memory_gb} GB, {train}; DEM search peak ≈ "
             f"{bytes_human(m['search_peak_device'])} (dem.vectors_on={cfg.dem.vectors_on}), {search}")
 
@@ -324,7 +324,7 @@ def device_hours_text(ctx: Any, arms: list[Any], done: Mapping[str, Any]) -> str
         f"(plan.accelerator={cfg.plan.accelerator}: {acc.source}; plan.mfu)",
         "  " + memory_fit(ctx, acc, search_inputs(ctx, arms) == "adapters"),
         *hours_table(rows, acc.peak_flops * mfu),
-        f"  assumes: training = 3 × forward FLOPs per token (harness/cost.py); search = selection passes × the "
+        f"  assumes: training = 3 × forward FLOPs per token (harness/runs/cost.py); search = selection passes × the "
         f"selection slice ({selection:,} tokens{'' if ctx.val else ', estimated'}); evaluation = lm-eval "
         f"({', '.join(tasks) or 'no task costed'}: eval.cost items × prompt tokens, limit={cfg.eval.limit}, "
         f"robustness={cfg.eval.helm.robustness}) + one pass over each validation slice ({selection:,} + {report:,} "

@@ -2,7 +2,7 @@
 scheduler's commands, the device and its index, the model (a causal LM whose tokenizer loads), the generation
 parameters, and every row of every data file a run will read — run before Hydra creates any folder and before any
 training, so a run that cannot succeed stops in seconds with one line (the config's own values are checked by
-harness.config.validate)."""
+harness.validate.validate)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from harness.config import ConfigError, did_you_mean, plain
+from harness.config import did_you_mean, plain
+from harness.errors import ConfigError
 
 
 def writable_folder(key: str, path: str | os.PathLike) -> None:
@@ -79,8 +80,7 @@ def preflight(cfg: DictConfig) -> None:
     scheduler_present(cfg.executor.name)
     check_gen_kwargs(plain(cfg.eval.gen_kwargs))
 
-    from harness.base import load_options  # heavy imports (torch, transformers) only after the schema passed
-    from harness.models import (
+    from harness.models.loading import (
         ModelSourceError,
         check_causal_lm,
         locate_hf,
@@ -88,6 +88,7 @@ def preflight(cfg: DictConfig) -> None:
         resolve_runtime,
         smollm2_gguf,
     )
+    from harness.runs.base import load_options  # heavy imports (torch, transformers) only after the schema passed
 
     folder = None
     try:
@@ -114,14 +115,14 @@ def preflight(cfg: DictConfig) -> None:
 
 def check_lora(cfg: DictConfig, hf_folder: Path | None = None) -> None:
     """training.method=lora: every name in training.lora.target_modules adapts linear layers of the model, and of
-    RegMix's proxy model, which trains adapters too (harness.lora.target_problem); read from the models' configs,
+    RegMix's proxy model, which trains adapters too (harness.models.lora.target_problem); read from the models' configs,
     no weights. peft would skip a name that matches nothing as long as another one matches."""
     if cfg.training.method != "lora":
         return
-    from harness import lora
-    from harness.base import base_config
     from harness.config import model_preset
-    from harness.models import ModelSourceError
+    from harness.models import lora
+    from harness.models.loading import ModelSourceError
+    from harness.runs.base import base_config
 
     models = [(f"model={cfg.model.preset}", cfg.model, hf_folder)]
     proxy = cfg.mixing.proxy_model
@@ -220,9 +221,10 @@ def check_gen_kwargs(gen_kwargs: Any) -> None:
 def check_data_files(cfg: DictConfig) -> None:
     """Every row of every training file (local, or a hub id's files in the mirror) and every line of every mirrored
     file an evaluation task reads, before anything is created; passes are remembered by content hash."""
-    from harness import mirror as hub
-    from harness.filecheck import DataFileError, check_source_file, check_structure, layout_of
-    from harness.sources import SourceConfig, SourceError, get_format, is_local, local_files
+    from harness.config import SourceConfig
+    from harness.data import mirror as hub
+    from harness.data.filecheck import DataFileError, check_structure, layout_of
+    from harness.data.sources import SourceError, check_source_file, get_format, is_local, local_files
 
     root = Path(cfg.hub_mirror).resolve() if cfg.hub_mirror else None
     for name in cfg.data.distributions:
@@ -246,7 +248,8 @@ def check_data_files(cfg: DictConfig) -> None:
             raise ConfigError(f"data.sources.{name}: {err}") from None
     if root is None:
         return
-    from harness.evaluation import resolve_tasks, task_datasets
+    from harness.evaluation.checks import task_datasets
+    from harness.evaluation.tasks import resolve_tasks
 
     for d in task_datasets(resolve_tasks(list(cfg.eval.tasks)).stock):
         files = hub.mirrored_splits(root, d.path, d.name)
@@ -266,7 +269,8 @@ def check_data_files(cfg: DictConfig) -> None:
 def check_eval_datasets_reachable(cfg: DictConfig) -> None:
     """Without `hub_mirror`, every hub dataset a stock task reads must come from the hub or the local HF cache;
     lm-eval would otherwise fail after training with a 150-line ConnectionError."""
-    from harness.evaluation import resolve_tasks, task_datasets
+    from harness.evaluation.checks import task_datasets
+    from harness.evaluation.tasks import resolve_tasks
 
     if cfg.hub_mirror:
         return
@@ -310,7 +314,7 @@ def _hub_answers(path: str) -> bool:
 def check_generation_lengths(cfg: DictConfig, hf_folder: Path | None = None) -> None:
     """Each generation task's `max_gen_toks` (its YAML's, or eval.gen_kwargs') must be below the model's context
     length: lm-eval asserts it only when it reaches the task, after training."""
-    from harness.evaluation import generation_limits, resolve_tasks
+    from harness.evaluation.tasks import generation_limits, resolve_tasks
 
     stock = resolve_tasks(list(cfg.eval.tasks)).stock
     limits = generation_limits(stock, plain(cfg.eval.gen_kwargs)) if stock else {}
@@ -331,6 +335,6 @@ def model_context_length(cfg: DictConfig, hf_folder: Path | None = None) -> int:
     on the model's config; 2048 where the config names none)."""
     from lm_eval.models.utils import resolve_max_length
 
-    from harness.base import base_config
+    from harness.runs.base import base_config
 
     return int(resolve_max_length(base_config(cfg.model, hf_folder, plan=cfg.plan_only), None, default=2048))

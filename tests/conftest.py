@@ -8,10 +8,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from harness.config import CONF_DIR, validate
-from harness.data import generate_splits, generic_corpus
-from harness.models import load_model, load_tokenizer
-from harness.training import pretrain
+from harness.config import CONF_DIR
+from harness.data.builtin import generate_splits, generic_corpus
+from harness.models.loading import load_model, load_tokenizer
+from harness.runs.trainer import pretrain
+from harness.validate import validate
 
 # The micro comparison the pinned numbers (tests/data/micro_pin.json) were recorded with.
 MICRO_PINNED = ["model=micro", "data=micro", "budget=micro", "tracking=disabled", "dem.n_trials=3"]

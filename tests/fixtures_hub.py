@@ -192,7 +192,7 @@ def write_mirror(root: Path, every_mmlu_subject: bool = False) -> Path:
     abstract_algebra rows stand in for each of MMLU's subjects too (what the whole `mmlu` group reads)."""
     datasets = list(DATASETS)
     if every_mmlu_subject:
-        from harness.evaluation import task_datasets
+        from harness.evaluation.checks import task_datasets
 
         algebra = DATASETS[0][2]
         datasets += [(d.path, d.name, {split: [{**r, "subject": d.name} for r in rows]

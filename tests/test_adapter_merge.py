@@ -21,10 +21,10 @@ from dem.adapter_merge import AdapterMergeError, AdapterSession
 from dem.merge import get_strategy, merge_state
 from dem.merge_cli import main
 from dem.search import WorkerSpec, finished_trials, open_storage, run_worker, search_weights, storage_location
-from harness import lora
-from harness.cache import sha256_file
-from harness.models import copy_params, load_model
-from harness.perplexity import perplexity
+from harness.evaluation.perplexity import perplexity
+from harness.models import lora
+from harness.models.loading import copy_params, load_model
+from harness.runs.cache import sha256_file
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 WEIGHTS = [0.7, -0.4, 1.3]

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from harness.aggregate import (
+from harness.report.aggregate import (
     FILES,
     AggregateError,
     aggregate,
@@ -24,8 +24,8 @@ from harness.aggregate import (
     main_aggregate,
     sweep_keys,
 )
-from harness.report import score_columns
-from harness.stats import t_interval
+from harness.report.comparison import score_columns
+from harness.stats.intervals import t_interval
 
 HEADLINE = {"arith_2": "acc", "qa": "exact_match"}  # an underscore in a task name: LaTeX must escape it
 MODELS = ("base", "only_a", "only_b", "data_mixing", "dem", "dem_ties")
@@ -133,7 +133,7 @@ def test_a_lower_is_better_metric_is_left_out_of_the_mean_and_wins_when_lower(tm
     # mean_score is qa alone now: dem 0.5, 0.375, 0.5 against mixing's 0.5, 0.375, 0.5
     assert tuple(rows["dem"][[f"mean_score_{k}" for k in ("wins", "ties", "losses")]]) == (0, 3, 0)
     assert rows["dem"]["mean_score"] == pytest.approx((0.5 + 0.375 + 0.5) / 3)
-    from harness.report import rows as report_rows
+    from harness.report.comparison import rows as report_rows
 
     one = {r["model"]: r for r in report_rows(summary)}
     assert one["dem"]["mean_score"] == summary["methods"]["dem"]["scores"]["qa/exact_match"]

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from harness.arms import ARMS, Candidate, Context, Planned, register_arm
-from harness.cache import Entry
-from harness.config import validate
-from harness.models import device_name
+from harness.models.loading import device_name
+from harness.runs.cache import Entry
+from harness.validate import validate
 from tests.conftest import MICRO, MICRO_PINNED, compose_cfg
 
 PIN = Path(__file__).parent / "data" / "micro_pin.json"

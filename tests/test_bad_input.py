@@ -181,7 +181,7 @@ def _digest(folder: Path) -> str:
 
 @pytest.fixture
 def merge_inputs(micro_base, tmp_path):
-    from harness.models import load_model
+    from harness.models.loading import load_model
 
     model = load_model(micro_base[0])
     with torch.no_grad():
@@ -276,7 +276,7 @@ def _summary() -> dict:
     ("no_summary", None, "no summary.json in it"),
 ])
 def test_report_cli_changes_nothing_when_the_summary_is_bad(tmp_path, capsys, name, content, expected):
-    from harness.report import main
+    from harness.report.cli import main
 
     if content is not None:
         (tmp_path / "summary.json").write_text(content(_summary()))
@@ -291,7 +291,7 @@ def test_report_cli_changes_nothing_when_the_summary_is_bad(tmp_path, capsys, na
 
 def test_the_summary_contract_accepts_the_renamed_forward_tokens_field():
     """`selection_forward_tokens` (the new name of search_forward_tokens) satisfies the contract too."""
-    from harness.report import check_summary
+    from harness.report.contract import check_summary
 
     summary = _summary()
     for name, m in summary["methods"].items():

@@ -1,10 +1,10 @@
 import json
 
-from harness.cache import RunCache, spec_key
-from harness.data import generate_splits
-from harness.models import load_model, load_tokenizer
-from harness.tokens import encode
-from harness.training import finetune
+from harness.data.builtin import generate_splits
+from harness.data.tokens import encode
+from harness.models.loading import load_model, load_tokenizer
+from harness.runs.cache import RunCache, spec_key
+from harness.runs.trainer import finetune
 
 
 def test_cache_builds_once_and_hits_on_rerun(tmp_path):

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.cache import RunCache, spec_key
-from harness.config import validate
 from harness.pipeline import Evaluator, load_data, make_context
+from harness.runs.cache import RunCache, spec_key
+from harness.validate import validate
 from tests.conftest import MICRO, compose_cfg
 
 ENTRIES = ("base", "pools", "train", "selection ppl / search", "report ppl", "eval")

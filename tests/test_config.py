@@ -4,7 +4,9 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from harness.config import GROUPS, ConfigError, presets, validate
+from harness.config import GROUPS, presets
+from harness.errors import ConfigError
+from harness.validate import validate
 from tests.conftest import compose_cfg
 from tests.test_sources import REAL
 
@@ -76,7 +78,8 @@ def test_the_paper_cpu_preset_resolves_and_validates_against_a_mirror_of_its_dat
     """eval=paper_cpu on a hub mirror in miniature (every MMLU subject, every BBH subtask, BoolQ, OpenBookQA,
     TruthfulQA): its task names, shots, per-task limits and score_models validate, every file its tasks read is
     checked, and its bounded BBH generation fits the model's context."""
-    from harness.evaluation import generation_limits, resolve_tasks, task_datasets
+    from harness.evaluation.checks import task_datasets
+    from harness.evaluation.tasks import generation_limits, resolve_tasks
     from harness.preflight import check_data_files, check_generation_lengths
     from tests.conftest import MICRO
     from tests.fixtures_hub import write_mirror

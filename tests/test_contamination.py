@@ -13,11 +13,12 @@ from pathlib import Path
 import datasets
 import pytest
 
-from harness import contamination as cm
-from harness import evaluation as ev
-from harness.data import Example
+from harness.config import SourceConfig
+from harness.data.builtin import Example
+from harness.data.sources import Distribution, load_distribution
 from harness.errors import HarnessError
-from harness.sources import Distribution, SourceConfig, load_distribution
+from harness.evaluation import contamination as cm
+from harness.evaluation.tasks import leaf_configs, stock_manager, write_tasks
 from tests.conftest import compose_cfg
 from tests.fixtures_hub import BOOLQ, MATHQA, MMLU_TEST, write_mirror
 
@@ -52,7 +53,7 @@ def datasets_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def mirror_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    ev.stock_manager()  # lm-eval's task index: built once for the module (8-15 s)
+    stock_manager()  # lm-eval's task index: built once for the module (8-15 s)
     return write_mirror(tmp_path_factory.mktemp("mirror"))
 
 
@@ -68,7 +69,7 @@ def items() -> list[Example]:
 def builtin_docs(tmp_path: Path) -> list[str]:
     """The documents lm-eval scores for the built-in task `mathqa_mc` holding items(), read as the pipeline would."""
     write_tasks_dir = tmp_path / "tasks"
-    ev.write_tasks(write_tasks_dir, {"mathqa_mc": items()})
+    write_tasks(write_tasks_dir, {"mathqa_mc": items()})
     docs = cm.task_documents(["mathqa_mc"], task_dir=write_tasks_dir)
     assert list(docs) == ["mathqa_mc"]
     return docs["mathqa_mc"]
@@ -214,7 +215,7 @@ def test_training_on_mathqa_test_rows_refuses_lm_evals_mathqa(mirror_root: Path,
 
 def test_groups_are_expanded_to_leaf_tasks_and_flag_the_group(mirror_root: Path) -> None:
     docs = cm.task_documents(["bbh_fewshot"], mirror=mirror_root, limit=1)
-    leaves = {task for task, _ in ev.leaf_configs("bbh_fewshot")}
+    leaves = {task for task, _ in leaf_configs("bbh_fewshot")}
     assert set(docs) == leaves and len(leaves) == 27 and all(len(d) == 1 for d in docs.values())
     assert docs["bbh_fewshot_object_counting"] == [
         "Q: I have a chair, two potatoes and a cauliflower. How many objects do I have?\nA: 4"]

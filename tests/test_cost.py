@@ -18,9 +18,9 @@ from transformers import (
 )
 from transformers.pytorch_utils import Conv1D
 
-from harness import cost
-from harness.tokens import pack
-from harness.training import train
+from harness.data.tokens import pack
+from harness.runs import cost
+from harness.runs.trainer import train
 
 V, D, FF, L, A = 300, 32, 80, 3, 4  # vocab, hidden, intermediate, layers, heads of the tiny configs below
 

@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from harness.data import GENERATORS, Example, bbh_object_counting, generate_splits, generic_corpus
+from harness.data.builtin import GENERATORS, Example, bbh_object_counting, generate_splits, generic_corpus
 
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 

@@ -14,12 +14,12 @@ import pytest
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from harness.cache import RunCache
-from harness.data import generate_splits
-from harness.models import LoadOptions, load_tokenizer
-from harness.runs import RunSpec, execute, store_pools, tokenizer_spec
-from harness.tokens import encode
-from harness.train_run import main
+from harness.data.builtin import generate_splits
+from harness.data.tokens import encode
+from harness.models.loading import LoadOptions, load_tokenizer
+from harness.runs.cache import RunCache
+from harness.runs.spec import RunSpec, execute, store_pools, tokenizer_spec
+from harness.runs.train_run import main
 
 # Each optimizer step sees the same blocks in both runs (the distributed sampler deals the single-process batch out
 # over the ranks) and Trainer normalises the loss by the label tokens of all ranks, so the runs differ only in the
@@ -55,7 +55,7 @@ def test_torchrun_two_processes_match_one(micro_base, tmp_path):
     one = execute(spec, single_root)  # the in-process path every executor uses today
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two ranks on two cores
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "harness.train_run", str(spec_file), str(ddp_root)]
+           "-m", "harness.runs.train_run", str(spec_file), str(ddp_root)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     entry_path = Path(done.stdout.strip().splitlines()[-1])
@@ -83,7 +83,7 @@ def test_torchrun_two_processes_match_one(micro_base, tmp_path):
 
 
 def test_a_batch_that_does_not_split_fails_before_training(micro_base, tmp_path, monkeypatch):
-    from harness.train_run import train_run
+    from harness.runs.train_run import train_run
 
     spec = micro_spec(micro_base, tmp_path)
     monkeypatch.setenv("WORLD_SIZE", "3")

@@ -133,11 +133,11 @@ def test_rerun_reuses_every_finished_run_and_names_the_code_that_built_it(first_
 def test_report_command_rebuilds_from_summary(first_run, tmp_path):
     out = first_run[0] / "out1"
     (out / "report.md").unlink()
-    proc = subprocess.run([sys.executable, "-c", "from harness.report import main; main()", str(out)],
+    proc = subprocess.run([sys.executable, "-c", "from harness.report.cli import main; main()", str(out)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "| dem |" in (out / "report.md").read_text()
-    bad = subprocess.run([sys.executable, "-c", "from harness.report import main; main()", str(tmp_path)],
+    bad = subprocess.run([sys.executable, "-c", "from harness.report.cli import main; main()", str(tmp_path)],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "no summary.json" in bad.stderr and "Traceback" not in bad.stderr
 
@@ -192,7 +192,7 @@ def test_a_new_strategy_named_in_config_is_reported_beside_the_baselines(first_r
 
 
 def test_overlap_is_reported_and_contaminated_scores_are_flagged(first_run):
-    from harness.report import render
+    from harness.report.comparison import render
 
     summary = json.loads((first_run[0] / "out1" / "summary.json").read_text())
     c = summary["contamination"]

@@ -13,12 +13,18 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from harness import evaluation as ev
-from harness import perturb as pt
-from harness import stats
-from harness.config import CONF_DIR, ConfigError
-from harness.data import bbh_object_counting, generate_splits
-from harness.mirror import MirrorError, hub_mirror
+from harness.config import CONF_DIR
+from harness.data.builtin import bbh_object_counting, generate_splits
+from harness.data.mirror import MirrorError, hub_mirror
+from harness.errors import ConfigError
+from harness.evaluation import perturb as pt
+from harness.evaluation import tasks as tasks_module
+from harness.evaluation.checks import check_eval, check_mirror, mirror_fingerprint, task_datasets
+from harness.evaluation.helm import add_calibration, perturbed_prompts
+from harness.evaluation.results import flat_scores
+from harness.evaluation.runner import evaluate
+from harness.evaluation.tasks import TASK_VERSION, EvalConfigError, resolve_tasks, stock_manager, write_tasks
+from harness.stats import intervals as stats
 from tests.fixtures_hub import write_mirror
 
 # The stock tasks under test: metrics each reports, and its YAML's metadata.version (lm-eval 0.4.13).
@@ -42,19 +48,19 @@ def helm_metrics(metrics: set[str]) -> set[str]:
 
 @pytest.fixture(scope="module")
 def mirror_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    ev.stock_manager()  # lm-eval's task index: built once for the module (8-15 s)
+    stock_manager()  # lm-eval's task index: built once for the module (8-15 s)
     return write_mirror(tmp_path_factory.mktemp("mirror"))
 
 
 @pytest.fixture(scope="module")
 def stock_run(micro_base, mirror_root: Path, tmp_path_factory: pytest.TempPathFactory):
     """One evaluation of every stock task under test, shared by the tests that inspect it."""
-    from harness.models import load_model, load_tokenizer
+    from harness.models.loading import load_model, load_tokenizer
 
     samples = tmp_path_factory.mktemp("samples")
-    result = ev.evaluate(load_model(micro_base[0]), load_tokenizer(micro_base[0]), tasks=list(STOCK), limit=LIMIT,
-                         batch_size=4, gen_kwargs=OmegaConf.create(SHORT), samples_dir=samples, mirror=mirror_root,
-                         robustness=True)
+    result = evaluate(load_model(micro_base[0]), load_tokenizer(micro_base[0]), tasks=list(STOCK), limit=LIMIT,
+                      batch_size=4, gen_kwargs=OmegaConf.create(SHORT), samples_dir=samples, mirror=mirror_root,
+                      robustness=True)
     return result, samples
 
 
@@ -70,7 +76,7 @@ def test_every_stock_task_keeps_all_metrics_stderr_and_version(stock_run):
         assert (res["version"], res["n"], res["group"], res["subtasks"]) == (version, LIMIT, False, [])
     assert result["bbh_fewshot_boolean_expressions"]["num_fewshot"] == 3  # the YAML's default
     assert result["mmlu_abstract_algebra"]["num_fewshot"] == 0
-    flat = ev.flat_scores(result)
+    flat = flat_scores(result)
     assert {"mathqa/acc", "mathqa/acc_stderr", "mathqa/acc_norm", "mathqa/acc_norm_stderr",
             "bbh_fewshot_boolean_expressions/exact_match"} <= set(flat)
     stderrs = {f"{t}/{m}{s}" for t, (metrics, _) in STOCK.items() for m in metrics for s in ("", "_stderr")}
@@ -123,8 +129,8 @@ def test_parity_with_lm_eval_on_the_saved_checkpoint(base_model, tokenizer, mirr
     tasks = ["mmlu_abstract_algebra", "boolq", "mathqa", "bbh_fewshot_boolean_expressions"]
     base_model.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
-    ours = ev.evaluate(base_model, tokenizer, tasks=tasks, limit=3, batch_size=4, gen_kwargs=SHORT,
-                       mirror=mirror_root, samples_dir=tmp_path / "samples", bootstrap_iters=1000)
+    ours = evaluate(base_model, tokenizer, tasks=tasks, limit=3, batch_size=4, gen_kwargs=SHORT,
+                    mirror=mirror_root, samples_dir=tmp_path / "samples", bootstrap_iters=1000)
     with hub_mirror(mirror_root):
         direct = simple_evaluate(model="hf", model_args={"pretrained": str(tmp_path / "model"), "dtype": "float32"},
                                  tasks=tasks, limit=3, batch_size=4, device="cpu", gen_kwargs=SHORT,
@@ -149,39 +155,39 @@ def lm_eval_key(name: str, suffix: str = "") -> str:
 
 
 def test_group_kept_as_group_and_per_subtask(base_model, tokenizer, mirror_root: Path):
-    result = ev.evaluate(base_model, tokenizer, tasks=["bbh_fewshot"], num_fewshot={"bbh_fewshot": 1}, limit=1,
-                         batch_size=8, gen_kwargs={"max_gen_toks": 2}, mirror=mirror_root)
+    result = evaluate(base_model, tokenizer, tasks=["bbh_fewshot"], num_fewshot={"bbh_fewshot": 1}, limit=1,
+                      batch_size=8, gen_kwargs={"max_gen_toks": 2}, mirror=mirror_root)
     group = result["bbh_fewshot"]
     assert group["group"] and len(group["subtasks"]) == 27 and set(result) == {"bbh_fewshot", *group["subtasks"]}
     assert (group["n"], group["num_fewshot"], group["version"]) == (27, 1, 3.0)
     assert set(group["metrics"]) == {"exact_match"}
     assert all(result[t]["num_fewshot"] == 1 for t in group["subtasks"])
-    assert "bbh_fewshot/exact_match" in ev.flat_scores(result)
+    assert "bbh_fewshot/exact_match" in flat_scores(result)
 
 
 def test_num_fewshot_int_and_a_yaml_pinned_zero(base_model, tokenizer, mirror_root: Path):
-    result = ev.evaluate(base_model, tokenizer, tasks=["mmlu_abstract_algebra", "truthfulqa_mc1"], num_fewshot=2,
-                         limit=1, batch_size=8, mirror=mirror_root)
+    result = evaluate(base_model, tokenizer, tasks=["mmlu_abstract_algebra", "truthfulqa_mc1"], num_fewshot=2,
+                      limit=1, batch_size=8, mirror=mirror_root)
     assert result["mmlu_abstract_algebra"]["num_fewshot"] == 2
     assert result["truthfulqa_mc1"]["num_fewshot"] == 0  # its YAML pins 0 shots; lm-eval keeps it
 
 
 def test_num_fewshot_checked_before_training(mirror_root: Path):
-    check = ev.check_eval  # what the pipeline calls before any training
+    check = check_eval  # what the pipeline calls before any training
     assert check(["mathqa_mc", "mmlu"], {"mmlu_stem": 5, "mmlu_anatomy": 2, "mathqa_mc": 1}).stock == ("mmlu",)
-    with pytest.raises(ev.EvalConfigError, match=r"^eval\.num_fewshot: mmlu not among eval\.tasks or their subtasks$"):
+    with pytest.raises(EvalConfigError, match=r"^eval\.num_fewshot: mmlu not among eval\.tasks or their subtasks$"):
         check(["mathqa"], {"mmlu": 5})
-    with pytest.raises(ev.EvalConfigError, match=r"eval\.num_fewshot: mathqa=-1 must be an int >= 0"):
+    with pytest.raises(EvalConfigError, match=r"eval\.num_fewshot: mathqa=-1 must be an int >= 0"):
         check(["mathqa"], {"mathqa": -1})
-    with pytest.raises(ev.EvalConfigError, match=r"eval\.num_fewshot=five"):
+    with pytest.raises(EvalConfigError, match=r"eval\.num_fewshot=five"):
         check(["mathqa"], "five")
     with pytest.raises(MirrorError, match="regisss/math_qa"):
         check(["mathqa"], None, mirror_root / "cais")
 
 
 def test_unknown_task_says_did_you_mean(mirror_root: Path):
-    with pytest.raises(ev.EvalConfigError) as err:
-        ev.resolve_tasks(["mathqa_mc", "mmlu_abstrct_algebra"])
+    with pytest.raises(EvalConfigError) as err:
+        resolve_tasks(["mathqa_mc", "mmlu_abstrct_algebra"])
     message = str(err.value)
     assert "\n" not in message and isinstance(err.value, ConfigError)
     assert message.startswith("eval.tasks: unknown lm-eval task 'mmlu_abstrct_algebra'. Did you mean "
@@ -189,14 +195,14 @@ def test_unknown_task_says_did_you_mean(mirror_root: Path):
 
 
 def test_overlapping_and_repeated_names_fail_before_loading(mirror_root: Path):
-    with pytest.raises(ev.EvalConfigError, match="'mmlu' and 'mmlu_anatomy' both run 'mmlu_anatomy'"):
-        ev.resolve_tasks(["mmlu", "mmlu_anatomy"])
-    with pytest.raises(ev.EvalConfigError, match="'boolq' is listed twice"):
-        ev.resolve_tasks(["boolq", "boolq"])
+    with pytest.raises(EvalConfigError, match="'mmlu' and 'mmlu_anatomy' both run 'mmlu_anatomy'"):
+        resolve_tasks(["mmlu", "mmlu_anatomy"])
+    with pytest.raises(EvalConfigError, match="'boolq' is listed twice"):
+        resolve_tasks(["boolq", "boolq"])
 
 
 def test_task_datasets_lists_every_split_read(mirror_root: Path):
-    found = {(d.path, d.name): d.splits for d in ev.task_datasets(["mmlu", "bbh_fewshot", "drop", "mathqa", "boolq",
+    found = {(d.path, d.name): d.splits for d in task_datasets(["mmlu", "bbh_fewshot", "drop", "mathqa", "boolq",
                                                                      "hellaswag", "openbookqa", "truthfulqa_mc1"])}
     assert found[("cais/mmlu", "abstract_algebra")] == ("test", "dev")
     assert len([k for k in found if k[0] == "cais/mmlu"]) == 57
@@ -211,10 +217,10 @@ def test_task_datasets_lists_every_split_read(mirror_root: Path):
 
 def test_one_config_read_two_ways_cannot_be_mirrored(mirror_root: Path):
     """mmlusr's subjects read different CSVs (data_files) of one hub config: a mirror has one copy per config."""
-    (only,) = ev.task_datasets(["mmlusr_answer_only_abstract_algebra"])
+    (only,) = task_datasets(["mmlusr_answer_only_abstract_algebra"])
     assert only.load_kwargs["data_files"]["test"] == "answer_only_test/answer_only_abstract_algebra_test.csv"
     with pytest.raises(MirrorError, match="with different dataset_kwargs"):
-        ev.task_datasets(["mmlusr_answer_only_abstract_algebra", "mmlusr_answer_only_anatomy"])
+        task_datasets(["mmlusr_answer_only_abstract_algebra", "mmlusr_answer_only_anatomy"])
 
 
 def test_mirror_missing_a_split_is_one_line_naming_the_file(mirror_root: Path, tmp_path: Path, base_model,
@@ -224,16 +230,16 @@ def test_mirror_missing_a_split_is_one_line_naming_the_file(mirror_root: Path, t
     (root / "cais/mmlu/abstract_algebra/dev.jsonl").unlink()
     expected = re.escape(str(root / "cais/mmlu/abstract_algebra/dev.jsonl"))
     with pytest.raises(MirrorError, match=expected) as err:
-        ev.check_mirror(["mathqa_mc", "mmlu_abstract_algebra", "boolq"], root)
+        check_mirror(["mathqa_mc", "mmlu_abstract_algebra", "boolq"], root)
     assert "\n" not in str(err.value) and "needed by task mmlu_abstract_algebra" in str(err.value)
     with pytest.raises(MirrorError, match=expected):  # and at evaluation time, should the check be skipped
-        ev.evaluate(base_model, tokenizer, tasks=["mmlu_abstract_algebra"], limit=1, mirror=root)
-    ev.check_mirror(list(STOCK), mirror_root)
+        evaluate(base_model, tokenizer, tasks=["mmlu_abstract_algebra"], limit=1, mirror=root)
+    check_mirror(list(STOCK), mirror_root)
 
 
 def test_mirror_missing_many_files_counts_them(mirror_root: Path):
     with pytest.raises(MirrorError, match=r"cais/mmlu/anatomy/test\.jsonl .* \(and 111 more missing\)$"):
-        ev.check_mirror(["mmlu"], mirror_root)
+        check_mirror(["mmlu"], mirror_root)
 
 
 def test_builtin_tasks_score_as_before(base_model, tokenizer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -245,19 +251,20 @@ def test_builtin_tasks_score_as_before(base_model, tokenizer, tmp_path: Path, mo
 
     test_sets = {"mathqa_mc": generate_splits("mathqa", 0, 4, 1, 6).test,
                  "bbh_object_counting": bbh_object_counting(0, 6)}
-    ev.write_tasks(tmp_path, test_sets)
-    monkeypatch.setattr(ev, "stock_manager", lambda: pytest.fail("built-in tasks alone must not index lm-eval"))
-    result = ev.evaluate(base_model, tokenizer, tasks=list(test_sets), task_dir=tmp_path, limit=5, batch_size=8,
-                         robustness=True, samples_dir=tmp_path / "samples")
+    write_tasks(tmp_path, test_sets)
+    monkeypatch.setattr(tasks_module, "stock_manager",
+                        lambda: pytest.fail("built-in tasks alone must not index lm-eval"))
+    result = evaluate(base_model, tokenizer, tasks=list(test_sets), task_dir=tmp_path, limit=5, batch_size=8,
+                      robustness=True, samples_dir=tmp_path / "samples")
     lm = HFLM(pretrained=base_model, tokenizer=tokenizer, batch_size=8, device="cpu")
     old = simple_evaluate(model=lm, tasks=list(test_sets), limit=5, bootstrap_iters=1000,
                           task_manager=TaskManager(include_path=str(tmp_path), include_defaults=False))
-    flat = ev.flat_scores(result)
+    flat = flat_scores(result)
     assert {k: v for k, v in flat.items() if k.endswith(("/acc", "/acc_stderr"))} == {
         f"{t}/{m}": old["results"][t][f"{m},none"] for t in test_sets for m in ("acc", "acc_stderr")}
     assert set(flat) == {f"{t}/{m}" for t in test_sets for m in ("acc", "acc_stderr", "ece", "acc_robust",
                                                                  "acc_robust_stderr", "robustness_drop")}
-    assert all(result[t]["version"] == ev.TASK_VERSION and result[t]["n"] == 5 for t in test_sets)
+    assert all(result[t]["version"] == TASK_VERSION and result[t]["n"] == 5 for t in test_sets)
     for task in test_sets:
         assert result[task]["metrics"]["ece"] == recomputed_ece(tmp_path / "samples" / f"{task}.jsonl")
         robust = read_jsonl(tmp_path / "samples" / f"{task}__robust.jsonl")
@@ -271,7 +278,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def recomputed_ece(path: Path) -> float:
-    """ECE from a per-sample JSONL alone: raw choice log-likelihoods and the target index, via harness.stats."""
+    """ECE from a per-sample JSONL alone: raw choice log-likelihoods and the target index, via stats.intervals."""
     rows = read_jsonl(path)
     confidence, correct = stats.choice_confidence([[r[0] for r in row["filtered_resps"]] for row in rows],
                                                   [row["target"] for row in rows])
@@ -283,14 +290,14 @@ def test_every_model_reads_the_same_perturbed_prompts(base_model, tokenizer, tmp
     prompt hashes), which differ from the unperturbed ones; the choices and targets are left alone."""
     import torch
 
-    ev.write_tasks(tmp_path / "tasks", {"sni_mc": generate_splits("sni", 0, 4, 1, 4).test})
+    write_tasks(tmp_path / "tasks", {"sni_mc": generate_splits("sni", 0, 4, 1, 4).test})
     other = type(base_model)(base_model.config).eval()
     torch.manual_seed(0)
     other.load_state_dict({k: v + 0.01 * torch.randn_like(v) for k, v in base_model.state_dict().items()})
     runs = []
     for i, model in enumerate([base_model, other]):
-        ev.evaluate(model, tokenizer, tasks=["sni_mc"], task_dir=tmp_path / "tasks", batch_size=8, robustness=True,
-                    samples_dir=tmp_path / f"s{i}")
+        evaluate(model, tokenizer, tasks=["sni_mc"], task_dir=tmp_path / "tasks", batch_size=8, robustness=True,
+                 samples_dir=tmp_path / f"s{i}")
         runs.append((read_jsonl(tmp_path / f"s{i}/sni_mc.jsonl"), read_jsonl(tmp_path / f"s{i}/sni_mc__robust.jsonl")))
     (plain_a, robust_a), (_, robust_b) = runs
     assert [r["prompt_hash"] for r in robust_a] == [r["prompt_hash"] for r in robust_b]
@@ -307,7 +314,7 @@ def test_perturbation_reaches_the_test_doc_only(mirror_root: Path):
     """lm-eval's requests for a 2-shot MC task: under `perturbed_prompts` the context is the same exemplars followed
     by the perturbed test question, the continuations (choices) are unchanged, and unwrapping restores the original."""
     with hub_mirror(mirror_root):
-        task = ev.stock_manager().load(["mmlu_abstract_algebra"])["tasks"]["mmlu_abstract_algebra"]
+        task = stock_manager().load(["mmlu_abstract_algebra"])["tasks"]["mmlu_abstract_algebra"]
     task.set_config(key="num_fewshot", value=2)
 
     def requests() -> list[tuple[str, str]]:
@@ -316,7 +323,7 @@ def test_perturbation_reaches_the_test_doc_only(mirror_root: Path):
         return [inst.args for inst in task.instances]
 
     before = requests()
-    with ev.perturbed_prompts([task], seed=0, kinds=pt.KINDS):
+    with perturbed_prompts([task], seed=0, kinds=pt.KINDS):
         during = requests()
     assert requests() == before
     docs = list(task.test_docs())[:2]
@@ -347,7 +354,7 @@ def test_ece_by_hand_and_pooled_over_a_group():
               for name in samples}
     result["g"] = {"metrics": {}, "stderr": {}, "higher_is_better": {}, "group": True, "subtasks": ["a", "b"]}
     result["all"] = {"metrics": {}, "stderr": {}, "higher_is_better": {}, "group": True, "subtasks": ["g", "c"]}
-    ev.add_calibration(result, samples, {name: fake_mc_task(name) for name in samples})
+    add_calibration(result, samples, {name: fake_mc_task(name) for name in samples})
     assert result["a"]["metrics"]["ece"] == pytest.approx(0.5)
     assert result["b"]["metrics"]["ece"] == pytest.approx(0.55)
     assert result["g"]["metrics"]["ece"] == pytest.approx(1.6 / 3)
@@ -360,23 +367,23 @@ def test_presets_name_stock_tasks_and_valid_fewshot_keys(preset: str, mirror_roo
     text = (CONF_DIR / "eval" / f"{preset}.yaml").read_text()
     assert text.startswith("#") and f"eval={preset}" in text  # a header with the launch command
     cfg = yaml.safe_load(text)
-    selection = ev.resolve_tasks(cfg["tasks"])
+    selection = resolve_tasks(cfg["tasks"])
     assert selection.builtin == () and set(cfg["num_fewshot"]) <= set(cfg["tasks"])
-    assert ev.task_datasets(selection.stock)
+    assert task_datasets(selection.stock)
 
 
 def test_mirror_fingerprint_follows_the_files_read(mirror_root: Path, tmp_path: Path):
     root = tmp_path / "mirror"
     shutil.copytree(mirror_root, root)
-    before = ev.mirror_fingerprint(["mathqa_mc", "boolq"], root)
-    assert before == ev.mirror_fingerprint(["boolq"], mirror_root)  # same content elsewhere: same fingerprint
+    before = mirror_fingerprint(["mathqa_mc", "boolq"], root)
+    assert before == mirror_fingerprint(["boolq"], mirror_root)  # same content elsewhere: same fingerprint
     (root / "cais/mmlu/abstract_algebra/test.jsonl").unlink()  # a file boolq does not read
-    assert ev.mirror_fingerprint(["boolq"], root) == before
+    assert mirror_fingerprint(["boolq"], root) == before
     with (root / "aps/super_glue/boolq/validation.jsonl").open("a") as f:
         f.write(json.dumps({"question": "q", "passage": "p", "idx": 9, "label": 0}) + "\n")
-    assert ev.mirror_fingerprint(["boolq"], root) != before
+    assert mirror_fingerprint(["boolq"], root) != before
 
 
 def test_mirror_folder_that_does_not_exist(tmp_path: Path):
     with pytest.raises(MirrorError, match="is not a folder"):
-        ev.check_mirror(["boolq"], tmp_path / "absent")
+        check_mirror(["boolq"], tmp_path / "absent")

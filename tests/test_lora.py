@@ -18,12 +18,13 @@ from peft import PeftModel
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from harness import cost, lora
-from harness.cache import RunCache, read_entry
-from harness.config import validate
-from harness.models import copy_params, load_model
-from harness.perplexity import perplexity
+from harness.evaluation.perplexity import perplexity
+from harness.models import lora
+from harness.models.loading import copy_params, load_model
 from harness.pipeline import load_data, make_context
+from harness.runs import cost
+from harness.runs.cache import RunCache, read_entry
+from harness.validate import validate
 from tests.conftest import MICRO, compose_cfg
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -121,7 +122,7 @@ def test_dem_searches_the_adapters_as_one_adapter_and_saves_the_merge_dense_and_
 
 
 def test_lora_training_flops_match_torch_s_count_of_a_training_step():
-    """The formula (harness/cost.py train_flops) against FlopCounterMode on a micro-shaped Llama (eager attention,
+    """The formula (harness/runs/cost.py train_flops) against FlopCounterMode on a micro-shaped Llama (eager attention,
     so the attention matmuls are counted too): full training exactly, LoRA within 5% and never under (the first
     layer's input gradient, which nothing needs, is the overcount)."""
     config = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,

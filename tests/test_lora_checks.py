@@ -20,13 +20,14 @@ from safetensors.torch import load_file
 
 import harness.__main__ as cli
 import harness.config
-from harness.cache import RunCache
-from harness.config import CONF_DIR, validate
-from harness.data import generate_splits
-from harness.models import load_tokenizer
+from harness.config import CONF_DIR
+from harness.data.builtin import generate_splits
+from harness.data.tokens import encode
+from harness.models.loading import load_tokenizer
 from harness.pipeline import load_data, make_context
-from harness.tokens import encode
-from harness.training import finetune
+from harness.runs.cache import RunCache
+from harness.runs.trainer import finetune
+from harness.validate import validate
 from tests.conftest import MICRO, compose_cfg
 from tests.test_bad_input import _one_line, tree
 from tests.test_models import gpt2_checkpoint
@@ -113,7 +114,7 @@ def test_an_adapter_does_not_depend_on_what_ran_before_it_in_the_process(micro_b
 
 def test_gradient_checkpointing_trains_the_same_adapter(micro_base, tmp_path):
     """Checkpointed blocks behind a frozen embedding get no gradient under reentrant checkpointing unless the
-    input requires one (harness.lora.wrap asks for it; transformers' default is non-reentrant anyway): the adapters
+    input requires one (models.lora.wrap asks for it; transformers' default is non-reentrant anyway): the adapters
     train, exactly as without checkpointing (model.gradient_checkpointing is not in a run's key)."""
     plain, checkpointed = _adapter(tmp_path / "plain", micro_base), _adapter(tmp_path / "gc", micro_base, True)
     assert any(k for k in plain if "lora_B" in k and plain[k].abs().sum() > 0)  # B starts at 0: it was trained
@@ -125,7 +126,8 @@ def test_lora_params_count_gpt2_s_conv1d_layers_as_peft_trains_them():
     see them, as peft does."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from harness import cost, lora
+    from harness.models import lora
+    from harness.runs import cost
 
     config = GPT2Config(n_embd=48, n_layer=2, n_head=2, vocab_size=100, n_positions=64, bos_token_id=0,
                         eos_token_id=0)

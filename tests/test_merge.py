@@ -4,7 +4,7 @@ import torch
 from dem.merge import STRATEGIES, MergeConfigError, Param, get_strategy, load_strategy_file, merge_state, register
 from dem.search import MergeSession
 from dem.vectors import VectorIntegrityError, distribution_vector, load_vector, save_vector
-from harness.models import copy_params
+from harness.models.loading import copy_params
 
 
 def _perturbed(state, seed, scale=0.02):

@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from dem.merge import merge_state
 from dem.merge_cli import main
-from harness.models import copy_params, load_model
+from harness.models.loading import copy_params, load_model
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ from pathlib import Path
 import datasets
 import pytest
 
-from harness import mirror
-from harness.config import ConfigError
-from harness.mirror import MirrorError, hub_mirror
+from harness.data import mirror
+from harness.data.mirror import MirrorError, hub_mirror
+from harness.errors import ConfigError
 from tests.fixtures_hub import MMLU_DEV, MMLU_TEST, write_mirror
 
 

@@ -3,8 +3,8 @@ import torch
 
 from baselines.grid import simplex_grid
 from baselines.mixture import sample_mixture
-from harness.data import generate_splits
-from harness.tokens import IGNORE, encode, pack
+from harness.data.builtin import generate_splits
+from harness.data.tokens import IGNORE, encode, pack
 
 
 def _pools():

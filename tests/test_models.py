@@ -15,9 +15,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from harness import cost
-from harness.data import generate_splits, generic_corpus
-from harness.models import (
+from harness.data.builtin import generate_splits, generic_corpus
+from harness.models.loading import (
     LoadOptions,
     ModelSourceError,
     fingerprint_folder,
@@ -28,6 +27,7 @@ from harness.models import (
     resolve_runtime,
     train_tokenizer,
 )
+from harness.runs import cost
 from tests.conftest import MICRO
 
 

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from harness import perturb as pt
-from harness.evaluation import EvalConfigError, check_perturbations
+from harness.evaluation import perturb as pt
+from harness.evaluation.tasks import EvalConfigError, check_perturbations
 
 PROMPTS = [
     "Problem: mia has 6 cups and gets 2 more . how many cups does mia have now ?\nOptions: a ) 7 , b ) 8 , c ) 5 , "

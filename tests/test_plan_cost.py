@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from transformers import LlamaConfig
 
-from harness.cost import forward_flops, train_flops
+from harness.runs.cost import forward_flops, train_flops
 from tests.conftest import MICRO, compose_cfg
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from transformers import LlamaConfig, T5Config
 
 import harness.__main__ as cli
-from harness import filecheck
+from harness.data import filecheck
 from tests.conftest import MICRO, compose_cfg
 from tests.fixtures_hub import write_mirror
 from tests.test_bad_input import _one_line, tree
@@ -209,14 +209,15 @@ def test_structure_of_each_file_kind(tmp_path):
 
 
 def test_sni_task_files_are_checked_instance_by_instance(tmp_path):
-    from harness.sources import SourceConfig, get_format
+    from harness.config import SourceConfig
+    from harness.data.sources import check_source_file, get_format
     from tests.test_sources import sni_task
 
     task = sni_task("task001", 30)
     task["Instances"][25]["output"] = []
     path = write_json(tmp_path / "task001.json", task)
     with pytest.raises(filecheck.DataFileError) as err:
-        filecheck.check_source_file(path, get_format("sni"), SourceConfig(format="sni", path=str(path)))
+        check_source_file(path, get_format("sni"), SourceConfig(format="sni", path=str(path)))
     assert str(err.value) == f"{path}: Instances[25]: missing field 'output'"
 
 
@@ -225,7 +226,7 @@ def test_sni_task_files_are_checked_instance_by_instance(tmp_path):
 
 def test_a_cuda_index_past_the_devices_is_refused(monkeypatch):
     """The index is checked against the devices there are (simulated: one visible GPU)."""
-    from harness.models import ModelSourceError, resolve_device
+    from harness.models.loading import ModelSourceError, resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
@@ -237,7 +238,7 @@ def test_a_cuda_index_past_the_devices_is_refused(monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_a_cuda_index_past_the_devices_is_refused_on_a_gpu_machine():
-    from harness.models import ModelSourceError, resolve_device
+    from harness.models.loading import ModelSourceError, resolve_device
 
     count = torch.cuda.device_count()
     assert resolve_device(f"cuda:{count - 1}").index == count - 1
@@ -246,7 +247,7 @@ def test_a_cuda_index_past_the_devices_is_refused_on_a_gpu_machine():
 
 
 def test_a_failed_build_leaves_nothing_in_the_cache(tmp_path):
-    from harness.cache import RunCache
+    from harness.runs.cache import RunCache
 
     def build(folder: Path) -> dict:
         (folder / "model.safetensors").write_bytes(b"half a checkpoint")

@@ -1,4 +1,4 @@
-"""Retention columns (harness/retention.py) on hand-written per-sample records, checked against values computed by
+"""Retention columns (harness/stats/retention.py) on hand-written per-sample records, checked against values computed by
 hand here; the chance levels read from the records; and the report/aggregate that show them."""
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from harness.aggregate import aggregate
-from harness.aggregate import render as render_aggregate
-from harness.contract import SummaryError, check_summary
-from harness.evaluation import write_samples
-from harness.report import render, rows
-from harness.retention import own_task, retention
-from harness.significance import chance_from_records, statistics
-from harness.stats import t_interval
+from harness.evaluation.results import write_samples
+from harness.report.aggregate import aggregate
+from harness.report.aggregate import render as render_aggregate
+from harness.report.comparison import render, rows
+from harness.report.contract import SummaryError, check_summary
+from harness.stats.intervals import t_interval
+from harness.stats.retention import own_task, retention
+from harness.stats.significance import chance_from_records, statistics
 from tests.test_aggregate import fake_summary
 
 NAMES = ["mathqa", "sni"]  # mathqa has its own task (mathqa_mc); sni has none, so its basis is validation perplexity

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import submitit
 
-from harness.cache import RunCache
-from harness.executor import submission_parameters
+from harness.runs.cache import RunCache
+from harness.runs.executor import submission_parameters
 from tests.conftest import MICRO, compose_cfg
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # two processes on 2 cores: one thread each
@@ -81,7 +81,7 @@ def test_two_comparisons_started_together_on_one_cache_train_each_run_once(tmp_p
 def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", f"""
 import time
-from harness.cache import RunCache
+from harness.runs.cache import RunCache
 def build(folder):
     (folder / "partial.bin").write_bytes(b"x")
     print("building", flush=True)
@@ -112,7 +112,7 @@ def test_slurm_submissions_carry_the_configured_parameters(tmp_path, monkeypatch
     params = submission_parameters(cfg)
     executor = submitit.AutoExecutor(folder=str(tmp_path / "logs"), cluster="slurm")
     executor.update_parameters(**params)
-    script = executor._executor._make_submission_file_text("python -m harness.train_run", "uid")
+    script = executor._executor._make_submission_file_text("python -m harness.runs.train_run", "uid")
     for line in ("#SBATCH --partition=gpu", "#SBATCH --account=proj", "#SBATCH --qos=high",
                  "#SBATCH --gpus-per-node=2", "#SBATCH --cpus-per-task=16", "#SBATCH --mem=128GB",
                  "#SBATCH --time=600", "#SBATCH --constraint=h100", "#SBATCH --job-name=dem-bench-train"):
@@ -142,8 +142,8 @@ def test_two_search_workers_run_the_comparisons_search(tmp_path):
 
 
 def test_a_failed_job_is_reported_with_its_log_and_nothing_is_marked_complete(tmp_path):
-    from harness.executor import ExecutorError, SubmititExecutor
-    from harness.runs import RunSpec
+    from harness.runs.executor import ExecutorError, SubmititExecutor
+    from harness.runs.spec import RunSpec
 
     cfg = compose_cfg(["executor=submitit_local", f"cache_dir={tmp_path}", "executor.poll_s=0.2"]).executor
     spec = RunSpec(base_key="b", base_path=str(tmp_path / "no-base"), weights={"a": 1.0}, fingerprints={"a": "f"},

@@ -9,10 +9,10 @@ import torch
 from dem.merge import get_strategy, merge_state
 from dem.search import MergeSession, _runs, search_weights, stacked_rows, storage_for
 from dem.vectors import distribution_vector, load_vector, load_vectors, save_vector
-from harness.data import generate_splits
-from harness.models import copy_params
-from harness.perplexity import perplexity
-from harness.tokens import encode, pack, pack_examples
+from harness.data.builtin import generate_splits
+from harness.data.tokens import encode, pack, pack_examples
+from harness.evaluation.perplexity import perplexity
+from harness.models.loading import copy_params
 
 
 def _setup(base_model, tokenizer, method="dem", params=None):

@@ -27,10 +27,10 @@ from dem.search import (
     worker_specs,
 )
 from dem.vectors import distribution_vector, load_vectors, save_vector
-from harness.data import generate_splits
-from harness.models import copy_params
-from harness.perplexity import perplexity
-from harness.tokens import encode, pack
+from harness.data.builtin import generate_splits
+from harness.data.tokens import encode, pack
+from harness.evaluation.perplexity import perplexity
+from harness.models.loading import copy_params
 
 NAMES = ["mathqa", "cot"]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.evaluation import write_samples
-from harness.significance import per_item, statistics
+from harness.evaluation.results import write_samples
+from harness.stats.significance import per_item, statistics
 
 
 def _records(values: list[float], metric: str = "acc") -> list[dict]:

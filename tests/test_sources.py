@@ -12,11 +12,11 @@ from pathlib import Path
 import datasets
 import pytest
 
-from harness.data import Example, generate_splits
-from harness.mirror import hub_mirror
-from harness.sources import (
+from harness.config import SourceConfig
+from harness.data.builtin import Example, generate_splits
+from harness.data.mirror import hub_mirror
+from harness.data.sources import (
     FORMATS,
-    SourceConfig,
     SourceError,
     carve_sizes,
     check_source,

@@ -1,4 +1,4 @@
-"""harness.stats on synthetic per-item data with known answers: CIs, paired tests, perplexity, ECE, seeds."""
+"""harness.stats.intervals on synthetic per-item data with known answers: CIs, paired tests, perplexity, ECE, seeds."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from harness import stats
-from harness.stats import (
+from harness.stats import intervals as stats
+from harness.stats.intervals import (
     bootstrap_ci,
     choice_confidence,
     expected_calibration_error,

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from harness.stopwatch import Stopwatch, record, stage
+from harness.runs.stopwatch import Stopwatch, record, stage
 
 
 def test_nested_stages_count_their_own_time_and_add_up_to_the_whole():

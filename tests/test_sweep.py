@@ -33,7 +33,7 @@ def test_a_two_seed_sweep_and_its_aggregate_report(tmp_path):
         record = next(run.glob("wandb/offline-run-*/run-*.wandb")).read_bytes()
         assert sweep.name.encode() in record and f"seed={seed}".encode() in record
 
-    report = subprocess.run([sys.executable, "-c", "from harness.report import main; main()", str(sweep)],
+    report = subprocess.run([sys.executable, "-c", "from harness.report.cli import main; main()", str(sweep)],
                             capture_output=True, text=True, timeout=300, env={**os.environ, "WANDB_SILENT": "true"})
     assert report.returncode == 0, report.stderr[-3000:]
     for name in ("aggregate.md", "aggregate.csv", "aggregate.tex", "cost_quality.png"):

@@ -3,7 +3,7 @@ import torch
 
 from dem.merge import merge_state
 from dem.vectors import VectorIntegrityError, distribution_vector, load_vector, load_vectors, save_vector, sha256_file
-from harness.models import copy_params
+from harness.models.loading import copy_params
 
 
 def _tuned(state, seed, scale=0.02):

@@ -21,10 +21,12 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from harness import evaluation as ev
-from harness.mirror import hub_mirror
-from harness.models import smollm2_gguf
-from harness.sources import SourceConfig, load_distribution
+from harness.config import SourceConfig
+from harness.data.mirror import hub_mirror
+from harness.data.sources import load_distribution
+from harness.evaluation.runner import leaf_tasks, load_task, set_fewshot
+from harness.evaluation.tasks import stock_manager
+from harness.models.loading import smollm2_gguf
 
 
 def tokenizer():
@@ -34,11 +36,11 @@ def tokenizer():
 
 def task_cost(tok, name: str, shots: int, mirror: Path) -> dict[str, float]:
     """Items, forward passes per item and mean tokens per pass of a stock task (a group: all its leaves)."""
-    manager = ev.stock_manager()
+    manager = stock_manager()
     with hub_mirror(str(mirror)):
-        loaded = ev._load(manager, name)
-        ev._set_fewshot(loaded, {name: shots})
-        leaves = ev._leaf_tasks(loaded)
+        loaded = load_task(manager, name)
+        set_fewshot(loaded, {name: shots})
+        leaves = leaf_tasks(loaded)
         items, passes, tokens, generated = 0, 0, [], []
         for task in leaves.values():
             task.build_all_requests(limit=None, rank=0, world_size=1)

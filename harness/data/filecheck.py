@@ -59,7 +59,7 @@ BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "c
 
 
 def layout_of(file: Path, columns: list[str] | tuple[str, ...] | None = None) -> Layout:
-    """The layout datasets' packaged builder reads `file` with (harness.sources.read_file's options)."""
+    """The layout datasets' packaged builder reads `file` with (harness.data.sources.read_file's options)."""
     suffix = file.suffix.lower()
     kind = BUILDERS[suffix]
     if suffix == ".tsv":
@@ -252,49 +252,3 @@ def check_structure(file: Path, layout: Layout, cache_dir: str | os.PathLike | N
         return
     rows = sum(1 for _ in read_rows(file, layout))
     mark_passed(key, cache_dir, {"file": str(file), "check": "structure", "rows": rows})
-
-
-def check_source_file(file: Path, fmt: Any, source: Any, cache_dir: str | os.PathLike | None = None) -> int:
-    """Every row of one training file: its structure, then the fields its format needs, as the loader reads them
-    (`fields` renamed, SNI task objects expanded into instances). Returns the rows checked; DataFileError naming
-    the file and the row otherwise. Remembered by content hash and the source options the format reads."""
-    from dataclasses import asdict
-
-    from harness.sources import MissingField, Part, _expand_tasks, missing_field
-
-    layout = layout_of(file, source.columns or (fmt.headerless_columns if file.suffix.lower() == ".tsv" else None))
-    options = {k: v for k, v in asdict(source).items() if k not in ("path", "n_train", "n_val", "shuffle_buffer")}
-    key = check_key(file, {"rows": layout.spec(), "format": [fmt.name, fmt.version], "source": options})
-    if passed(key, cache_dir):
-        return 0
-    assert fmt.format_row is not None
-    rename = {col: f for f, col in source.fields.items() if col != f}
-    count = rows = 0
-    for row in read_rows(file, layout):
-        rows += 1
-        data = {rename.get(k, k): v for k, v in row.data.items()}
-        if fmt.name == "sni" and "Instances" in data:  # a task object: its instances are the rows
-            batch = {k: [data.get(k)] for k in ("Definition", "Positive Examples", "Instances")}
-            expanded = _expand_tasks(batch, [row.index])
-            items = [{k: v[i] for k, v in expanded.items()} for i in range(len(expanded["inputs"]))]
-            part = Part(str(file), None, tasks=None)
-        else:
-            items, part = [data], Part(str(file), None)
-        for item in items:
-            try:
-                fmt.format_row(item, source)
-            except MissingField as err:
-                message = missing_field(part, item, row.index, err.args[0])
-                if row.line is not None and row.line != row.index + 1 and part.tasks == 0:  # a header, blank lines
-                    message = message.replace(f": row {row.index + 1}:", f": row {row.index + 1} (line {row.line}):")
-                needed = fmt.required(list(data), source)
-                if row.index == 0 and err.args[0] in needed and err.args[0] not in data:  # a column, not a cell
-                    message += f" (format {fmt.name} needs {', '.join(needed)}; the data has {', '.join(data)})"
-                raise DataFileError(message) from None
-            count += 1
-    if rows == 0:
-        raise DataFileError(f"{file}: no rows")
-    mark_passed(key, cache_dir, {"file": str(file), "check": f"rows:{fmt.name}", "rows": count})
-    mark_passed(check_key(file, {"structure": layout.spec()}), cache_dir,  # the loader's own check: done here too
-                {"file": str(file), "check": "structure", "rows": rows})
-    return count

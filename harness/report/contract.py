@@ -60,7 +60,7 @@ class Retained(BaseModel):
 
 
 class ModelRetention(BaseModel):
-    """`retention.models.<name>` (harness/retention.py)."""
+    """`retention.models.<name>` (harness/stats/retention.py)."""
 
     model_config = ConfigDict(extra="allow", strict=True)
 

@@ -16,15 +16,15 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from harness.cache import Entry, RunCache, spec_key
-from harness.models import LoadOptions, Runtime, load_tokenizer
-from harness.tokens import IGNORE, TOKENIZE_VERSION, Sequence_
+from harness.data.tokens import IGNORE, TOKENIZE_VERSION, Sequence_
+from harness.models.loading import LoadOptions, Runtime, load_tokenizer
+from harness.runs.cache import Entry, RunCache, spec_key
 
 log = logging.getLogger(__name__)
 
 DATA_VERSION = 2  # bump when a generator's output changes (or one is added: the tiny tokenizer sees them all)
 POOL_VERSION = 1  # bump when the stored token-pool format changes
-# Bump when a change to training (harness/training.py, or how runs.py feeds it) changes what a run produces: weights,
+# Bump when a change to training (trainer.py, or how this module feeds it) changes what a run produces: weights,
 # losses, the cost record. Part of every trained run's key and the tiny base's; tests/test_versions.py guards it.
 TRAIN_VERSION = 1
 
@@ -36,15 +36,15 @@ class RunSpec:
     base_key: str
     base_path: str
     weights: dict[str, float]  # distribution -> share of tokens (> 0, summing to 1)
-    fingerprints: dict[str, str]  # the rows each weighted distribution supplies (harness.sources)
+    fingerprints: dict[str, str]  # the rows each weighted distribution supplies (harness.data.sources)
     pools: dict[str, str]  # distribution -> key of its tokenized train pool ("pools" cache entries)
     budget: dict[str, Any]  # the resolved `budget` config; its train_tokens is this run's
     seed: int
     device: str
     dtype: str
-    options: dict[str, Any] = field(default_factory=dict)  # harness.models.LoadOptions fields
+    options: dict[str, Any] = field(default_factory=dict)  # harness.models.loading.LoadOptions fields
     gradient_checkpointing: bool = False
-    training: dict[str, Any] = field(default_factory=dict)  # harness.lora.settings: empty = full fine-tuning
+    training: dict[str, Any] = field(default_factory=dict)  # harness.models.lora.settings: empty = full fine-tuning
 
     @property
     def train_tokens(self) -> int:
@@ -138,8 +138,8 @@ def read_pool(path: Path) -> list[Sequence_]:
 
 def train_into(spec: RunSpec, cache: RunCache, folder: Path | None) -> dict[str, Any]:
     """Fine-tune `spec` from its cached token pools; save into `folder` (None: a helper rank of a distributed run,
-    which trains alongside rank 0 but saves nothing — harness/train_run.py)."""
-    from harness.training import finetune  # heavy: transformers' Trainer
+    which trains alongside rank 0 but saves nothing — harness/runs/train_run.py)."""
+    from harness.runs.trainer import finetune  # heavy: transformers' Trainer
 
     pools = {}
     for name, key in spec.pools.items():

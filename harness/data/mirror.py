@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.config import ConfigError
+from harness.errors import ConfigError
 
 EXTENSIONS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 # load_dataset kwargs that mean the same for a mirror file as for the hub; all others are dropped for a mirror file

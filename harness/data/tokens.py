@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from harness.data import Example
+from harness.data.builtin import Example
 
 # Bump when tokenisation's output changes meaning (what encode/encode_text/pack produce): it is part of every key
 # that reads tokens (token pools, trained runs, perplexities, the tiny base); tests/test_versions.py guards it.

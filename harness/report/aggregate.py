@@ -20,17 +20,9 @@ from typing import Any
 import pandas as pd
 
 from harness.errors import HarnessError
-from harness.report import (
-    SummaryError,
-    chance_levels,
-    check_summary,
-    higher_is_better,
-    png_bytes,
-    rows,
-    score_columns,
-    write_atomic,
-)
-from harness.stats import t_interval, win_tie_loss
+from harness.report.comparison import chance_levels, higher_is_better, png_bytes, rows, score_columns, write_atomic
+from harness.report.contract import SummaryError, check_summary
+from harness.stats.intervals import t_interval, win_tie_loss
 
 SUMMARY = "summary.json"
 FILES = ("aggregate.md", "aggregate.csv", "aggregate.tex", "cost_quality.png")

@@ -14,9 +14,10 @@ import torch
 from transformers import Trainer, TrainingArguments, default_data_collator
 
 from baselines.mixture import sample_mixture
-from harness import cost, lora
-from harness.models import CPU_FP32, LoadOptions, Runtime, build_model, device_name, load_model, train_tokenizer
-from harness.tokens import Sequence_, encode_text, pack
+from harness.data.tokens import Sequence_, encode_text, pack
+from harness.models import lora
+from harness.models.loading import CPU_FP32, LoadOptions, Runtime, build_model, device_name, load_model, train_tokenizer
+from harness.runs import cost
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def finetune(out_dir: Path | None, base_dir: Path, pools: dict[str, list[Sequenc
              gradient_checkpointing: bool = False, lora_settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fine-tune the base on a weighted mixture (one distribution = weight 1) for the token budget; save it into
     out_dir (None: a helper rank of a distributed run, which trains alongside rank 0 but saves nothing).
-    With `lora_settings` (harness.lora.settings) only LoRA adapters train, and out_dir gets the peft adapter."""
+    With `lora_settings` (harness.models.lora.settings) only LoRA adapters train, and out_dir gets the peft adapter."""
     seqs = sample_mixture(pools, weights, budget.train_tokens, seed)
     x, y = pack(seqs, budget.seq_len, pad_id, max_blocks=budget.train_tokens // budget.seq_len)
     model = load_model(base_dir, runtime, options or LoadOptions())

@@ -2,13 +2,13 @@
 
 Robustness = accuracy when the test prompt is perturbed in ways that keep its meaning (HELM, Liang et al. 2022, §5.1:
 typos, lowercasing, extra spaces). Each kind is a pure function `(text, rng) -> text`; `perturb` draws its randomness
-from (seed, the text itself) through `harness.data.stable_seed`, never from Python's salted `hash`, so one prompt gets
+from (seed, the text itself) through `data.builtin.stable_seed`, never from Python's salted `hash`, so one prompt gets
 one perturbation for every model, run and process — the accuracy drop then compares models, not perturbation draws.
 
 Words are runs of letters (any script); digits, punctuation, symbols and one-letter words are never touched, so the
 numbers in a maths question and option labels such as `A.` or `a )` (which the scored answer may name) keep their
 value. Only the text a caller passes in is perturbed: the caller
-keeps answer choices and targets out of it (harness/evaluation.py perturbs the test doc's own prompt only).
+keeps answer choices and targets out of it (harness/evaluation/ perturbs the test doc's own prompt only).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import random
 import re
 from collections.abc import Callable, Sequence
 
-from harness.data import stable_seed
+from harness.data.builtin import stable_seed
 
 VERSION = 1  # bump when any perturbation's output changes: part of an evaluation's cache key, stored beside scores
 RATE = 0.1  # share of the eligible words (or gaps) perturbed, at least one; HELM's typo probability is 0.1 per word

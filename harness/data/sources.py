@@ -1,8 +1,8 @@
 """Training-data sources: where a distribution's train/val rows come from, and how a row becomes an Example.
 
 `data.sources.<name>` names a format and a path; a distribution without an entry is `builtin` (the seeded
-generators of harness/data.py). Real data is read only through `datasets.load_dataset`, called as a module
-attribute so that `harness.mirror.hub_mirror` can redirect hub ids, and so caching, streaming and
+generators of harness/data/builtin.py). Real data is read only through `datasets.load_dataset`, called as a module
+attribute so that `harness.data.mirror.hub_mirror` can redirect hub ids, and so caching, streaming and
 `HF_DATASETS_OFFLINE` behave as users of `datasets` know them.
 
     path                           read as
@@ -27,17 +27,20 @@ import hashlib
 import itertools
 import json
 import logging
+import os
 import string
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from harness.data import GENERATORS, Example, generate_splits, stable_seed
+from harness.config import SourceConfig
+from harness.data import filecheck
+from harness.data.builtin import GENERATORS, Example, generate_splits, stable_seed
+from harness.data.filecheck import DataFileError, check_structure, layout_of
 from harness.errors import HarnessError
-from harness.filecheck import DataFileError, check_structure, layout_of
 
 log = logging.getLogger(__name__)
 
@@ -47,32 +50,6 @@ CHUNK = 1024  # rows fetched from Arrow per select(): far faster than one __geti
 
 class SourceError(HarnessError, ValueError):
     """Bad training data or source config; one line naming the source, file, row and field where they apply."""
-
-
-@dataclass
-class SourceConfig:
-    """One distribution's training data (`data.sources.<name>`). Defaults are what a hub copy usually needs."""
-
-    format: str = "builtin"  # builtin | mathqa | sni | flan_cot | text (see FORMATS)
-    path: str | None = None  # hub id, local file (.jsonl .json .parquet .csv .tsv) or folder; builtin: none
-    name: str | None = None  # hub config name; builtin: the generator to use (default: the distribution's name)
-    configs: list[str] | None = None  # several hub configs read as one source, rows pooled (replaces `name`)
-    split: str = "train"  # hub split rows are drawn from (a local file's rows are always its one split)
-    val_split: str | None = None  # hub split validation rows come from; None = carve them out of `split`
-    revision: str | None = None  # hub commit or tag, to pin the data a result was measured on
-    data_files: list[str] | None = None  # hub repos: only these files of the repo (bypasses a hub mirror)
-    streaming: bool = False  # hub ids: read rows as a stream instead of downloading every file first
-    shuffle_buffer: int = 10_000  # streaming: rows in the shuffle buffer (bigger = closer to a full shuffle)
-    n_train: int | None = None  # rows to train on; None = data.n_train
-    n_val: int | None = None  # validation rows; None = data.n_val
-    n_report: int | None = None  # report-slice rows; None = data.n_report
-    fields: dict[str, str] = field(default_factory=dict)  # format field -> this dataset's column, if renamed
-    columns: list[str] | None = None  # .csv/.tsv without a header row: its column names, in order
-    prompt_field: str = "prompt"  # text: the column holding the prompt
-    response_field: str = "response"  # text: the column holding the response (the loss is on it)
-    response_prefix: str = " "  # text: put between prompt and response (part of the response, so of the loss)
-    n_positive_examples: int = 2  # sni: task demonstrations in the prompt (Tk-Instruct's default, def + pos 2)
-    tokens_per_row: int | None = None  # plan_only: mean tokens of a formatted row, assumed when the rows cannot be read
 
 
 @dataclass(frozen=True)
@@ -219,7 +196,7 @@ class Format:
 
 
 FORMATS: dict[str, Format] = {
-    "builtin": Format("builtin", None, lambda cols, s: (), template="harness/data.py generators"),
+    "builtin": Format("builtin", None, lambda cols, s: (), template="harness/data/builtin.py generators"),
     "mathqa": Format("mathqa", format_mathqa, lambda cols, s: ("Problem", "options", "Rationale", "correct"),
                      template="Problem: {Problem}\nOptions: {options}\n ||| Rationale: {Rationale}\nAnswer: {correct}"),
     "sni": Format("sni", format_sni, _sni_required, optional=("positive_examples",),
@@ -527,7 +504,7 @@ def _count(parts: list[Part]) -> int | None:
 
 def load_builtin(name: str, source: SourceConfig, *, seed: int, n_train: int, n_val: int,
                  n_test: int, n_report: int = 0) -> Distribution:
-    """The seeded generator of harness/data.py, unchanged (the embedded default's numbers are pinned)."""
+    """The seeded generator of harness/data/builtin.py, unchanged (the embedded default's numbers are pinned)."""
     generator = source.name or name
     if generator not in GENERATORS:
         raise SourceError(f"data.sources.{name}: no built-in generator '{generator}'; available: "
@@ -536,7 +513,7 @@ def load_builtin(name: str, source: SourceConfig, *, seed: int, n_train: int, n_
     fmt = FORMATS["builtin"]
     info = {"format": "builtin", "generator": generator, "rows_available": None, "train": len(s.train),
             "val": len(s.val), "report": len(s.report), "test": len(s.test),
-            "template": f"harness.data.{GENERATORS[generator].__name__}"}
+            "template": f"harness.data.builtin.{GENERATORS[generator].__name__}"}
     return Distribution(name, s.train, s.val, s.test, fingerprint(fmt, s.train, s.val), info, s.report,
                         fingerprint(fmt, [], s.report))
 
@@ -654,3 +631,46 @@ def _peek(source: SourceConfig, fmt: Format, file: Path, n: int = 3) -> None:
             fmt.format_row(row, source)
         except MissingField as err:
             raise SourceError(missing_field(part, row, i, err.args[0])) from None
+
+def check_source_file(file: Path, fmt: Any, source: Any, cache_dir: str | os.PathLike | None = None) -> int:
+    """Every row of one training file: its structure, then the fields its format needs, as the loader reads them
+    (`fields` renamed, SNI task objects expanded into instances). Returns the rows checked; DataFileError naming
+    the file and the row otherwise. Remembered by content hash and the source options the format reads."""
+    headerless = fmt.headerless_columns if file.suffix.lower() == ".tsv" else None
+    layout = filecheck.layout_of(file, source.columns or headerless)
+    options = {k: v for k, v in asdict(source).items() if k not in ("path", "n_train", "n_val", "shuffle_buffer")}
+    key = filecheck.check_key(file, {"rows": layout.spec(), "format": [fmt.name, fmt.version], "source": options})
+    if filecheck.passed(key, cache_dir):
+        return 0
+    assert fmt.format_row is not None
+    rename = {col: f for f, col in source.fields.items() if col != f}
+    count = rows = 0
+    for row in filecheck.read_rows(file, layout):
+        rows += 1
+        data = {rename.get(k, k): v for k, v in row.data.items()}
+        if fmt.name == "sni" and "Instances" in data:  # a task object: its instances are the rows
+            batch = {k: [data.get(k)] for k in ("Definition", "Positive Examples", "Instances")}
+            expanded = _expand_tasks(batch, [row.index])
+            items = [{k: v[i] for k, v in expanded.items()} for i in range(len(expanded["inputs"]))]
+            part = Part(str(file), None, tasks=None)
+        else:
+            items, part = [data], Part(str(file), None)
+        for item in items:
+            try:
+                fmt.format_row(item, source)
+            except MissingField as err:
+                message = missing_field(part, item, row.index, err.args[0])
+                if row.line is not None and row.line != row.index + 1 and part.tasks == 0:  # a header, blank lines
+                    message = message.replace(f": row {row.index + 1}:", f": row {row.index + 1} (line {row.line}):")
+                needed = fmt.required(list(data), source)
+                if row.index == 0 and err.args[0] in needed and err.args[0] not in data:  # a column, not a cell
+                    message += f" (format {fmt.name} needs {', '.join(needed)}; the data has {', '.join(data)})"
+                raise filecheck.DataFileError(message) from None
+            count += 1
+    if rows == 0:
+        raise filecheck.DataFileError(f"{file}: no rows")
+    filecheck.mark_passed(key, cache_dir, {"file": str(file), "check": f"rows:{fmt.name}", "rows": count})
+    structure = filecheck.check_key(file, {"structure": layout.spec()})  # the loader's own check: done here too
+    filecheck.mark_passed(structure, cache_dir, {"file": str(file), "check": "structure", "rows": rows})
+    return count
+

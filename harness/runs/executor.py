@@ -1,12 +1,12 @@
 """Executors run the training runs a comparison planned. The runs are independent, and each is a JSON-able
-`RunSpec` trained into the locked cache by `harness.runs.execute`, so any engine can run them — this process
+`RunSpec` trained into the locked cache by `harness.runs.spec.execute`, so any engine can run them — this process
 (`local`), or submitit jobs on this machine (`submitit_local`) or on a SLURM cluster (`slurm`) — and the pipeline
 continues with selection, search and evaluation once they are all in the cache. No home-made scheduler: submitit
 submits, SLURM schedules, the file-locked cache makes concurrent jobs safe.
 
 Parallel jobs on one machine share its cores: each run sets torch's threads to `executor.threads_per_run`
 (default: the cores divided by the runs at once), because oversubscribed threads make a step ~20x slower here.
-`executor.nproc_per_node > 1` trains each run data-parallel with `torchrun` (harness/train_run.py).
+`executor.nproc_per_node > 1` trains each run data-parallel with `torchrun` (harness/runs/train_run.py).
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from harness.cache import Entry, RunCache
 from harness.errors import HarnessError
-from harness.runs import RunSpec, execute
-from harness.stopwatch import stage
+from harness.runs.cache import Entry, RunCache
+from harness.runs.spec import RunSpec, execute
+from harness.runs.stopwatch import stage
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def train_job(spec_json: str, cache_root: str, threads: int, nproc_per_node: int
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
             f.write(spec_json)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}",
-               "-m", "harness.train_run", f.name, cache_root]
+               "-m", "harness.runs.train_run", f.name, cache_root]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         try:
             subprocess.run(cmd, check=True, env=env)

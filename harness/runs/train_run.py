@@ -1,7 +1,7 @@
 """Train one run spec into the run cache, in one process or in several (DDP through HF Trainer):
 
-    python -m harness.train_run SPEC.json CACHE_DIR
-    torchrun --standalone --nproc_per_node 2 -m harness.train_run SPEC.json CACHE_DIR   # or `accelerate launch`
+    python -m harness.runs.train_run SPEC.json CACHE_DIR
+    torchrun --standalone --nproc_per_node 2 -m harness.runs.train_run SPEC.json CACHE_DIR   # or `accelerate launch`
 
 SPEC.json holds `RunSpec.to_json()`. With N processes each takes budget.batch_size / N blocks per micro-step, so
 the global batch, the optimizer steps and the tokens are those of one process and the cost record stays comparable
@@ -9,7 +9,7 @@ the global batch, the optimizer steps and the tokens are those of one process an
 (accelerate's choice). The last line rank 0 prints is the finished entry's folder.
 
 The hand-off: every rank must take part in `trainer.train()`, but only rank 0 writes the cache. Rank 0 goes through
-`RunCache.get_or_create` as `harness.runs.execute` does (lock, temporary folder, sha256 record, rename); its builder
+`RunCache.get_or_create` as `spec.execute` does (lock, temporary folder, sha256 record, rename); its builder
 first tells the other ranks "train", and they run the same fine-tune (same seed, so the same sampled blocks) and
 save nothing. If the entry is already finished — or another job finishes it while rank 0 waits for the key's lock —
 rank 0 tells them "done" and nobody trains.
@@ -26,9 +26,9 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
 
-from harness.cache import Entry, RunCache
-from harness.runs import RunSpec, train_into
-from harness.training import per_device_batch, processes
+from harness.runs.cache import Entry, RunCache
+from harness.runs.spec import RunSpec, train_into
+from harness.runs.trainer import per_device_batch, processes
 
 TRAIN, DONE = "train", "done"  # what rank 0 tells the other ranks
 
@@ -60,7 +60,7 @@ def train_run(spec: RunSpec, cache_root: str | Path) -> Entry | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m harness.train_run", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m harness.runs.train_run", description=__doc__.split("\n\n")[0])
     parser.add_argument("spec", type=Path, help="a RunSpec as JSON (RunSpec.to_json())")
     parser.add_argument("cache_dir", type=Path, help="the run cache the entry is written into")
     args = parser.parse_args(argv)

@@ -11,9 +11,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from harness.cache import RunCache, spec_key
-from harness.data import GENERATORS, generate_splits, generic_corpus
-from harness.models import (
+from harness.data.builtin import GENERATORS, generate_splits, generic_corpus
+from harness.data.tokens import TOKENIZE_VERSION
+from harness.models.loading import (
     LoadOptions,
     ModelSourceError,
     Runtime,
@@ -24,8 +24,8 @@ from harness.models import (
     smollm2_gguf,
     tiny_config,
 )
-from harness.runs import DATA_VERSION, TRAIN_VERSION
-from harness.tokens import TOKENIZE_VERSION
+from harness.runs.cache import RunCache, spec_key
+from harness.runs.spec import DATA_VERSION, TRAIN_VERSION
 
 TOKENIZER_SAMPLES = 500  # examples of every built-in generator the tiny tokenizer also sees
 
@@ -77,7 +77,7 @@ def _built(cfg: DictConfig, runtime: Runtime) -> tuple[dict[str, Any], Callable[
             if k not in ("device", "dtype", "gradient_checkpointing", "architecture")}  # hf presets' only
 
     def build(folder: Path) -> dict[str, Any]:
-        from harness.training import pretrain  # heavy: transformers' Trainer
+        from harness.runs.trainer import pretrain  # heavy: transformers' Trainer
 
         # The tokenizer sees every built-in generator, not just the configured ones, so adding a distribution
         # never changes the base.

@@ -9,7 +9,7 @@ Three guarantees, because a benchmark's worst failure is a result that is silent
   is never used: the entry is rebuilt, with one warning line naming the file.
 * **Traceable.** Each record names the code that built it (`built_by`: git commit, dirty tree, package versions),
   so a report can list results reused from other code; a stage whose results change meaning bumps its version
-  constant, which is part of its keys (harness/tokens.py TOKENIZE_VERSION, harness/training.py TRAIN_VERSION, …).
+  constant, which is part of its keys (data/tokens.py TOKENIZE_VERSION, runs/spec.py TRAIN_VERSION, …).
 * **Built once.** Building a key holds a file lock (`filelock`, an OS lock the kernel releases when its process
   dies, so a killed holder's lock is simply taken over); a second process that needs the same entry waits and
   then reuses it. Processes on several machines can share one cache folder on a filesystem with POSIX locks.
@@ -31,7 +31,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from harness import provenance
+from harness.runs import provenance
 
 log = logging.getLogger(__name__)
 

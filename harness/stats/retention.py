@@ -12,8 +12,8 @@ model's general ability — the columns merging studies report (MergeBench, He e
   that is no distribution's own task: MMLU, BBH, HELM-style…) ÷ the base model's; below 1 = forgetting.
 
 Each value has a 95% paired bootstrap CI over items (the same resampled items for numerator and denominator;
-means over distributions or tasks resample within each one), from harness/stats.py. Per-item values are read as
-for the other statistics (harness/significance.py: `per_item`, groups pooled).
+means over distributions or tasks resample within each one), from intervals.py. Per-item values are read as
+for the other statistics (harness/stats/significance.py: `per_item`, groups pooled).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from harness import stats
-from harness.significance import ALPHA, N_BOOT, finite, per_item
+from harness.stats import intervals as stats
+from harness.stats.significance import ALPHA, N_BOOT, finite, per_item
 
 DEFINITION = ("In-distribution retention: a model's score on each training distribution's own held-out task ÷ the "
               "single fine-tune only_<d>'s (where no such task is scored, or only_<d> was not: validation "

@@ -3,7 +3,7 @@
 Each generator imitates the *format* of a real dataset the paper trains on (MathQA, Super-NaturalInstructions,
 Chain-of-Thought) at a size a 2-core CPU can learn in minutes. Every example carries a prompt, a response (the
 tokens the loss is computed on) and a multiple-choice item for the held-out lm-eval task of its distribution.
-Real datasets (hub ids, local files) are read by harness/sources.py into the same Example type.
+Real datasets (hub ids, local files) are read by harness/data/sources.py into the same Example type.
 """
 
 from __future__ import annotations

@@ -345,7 +345,7 @@ def ppl_with_ci(nll: ArrayLike, tokens: ArrayLike, *, n_boot: int = 10_000, alph
     """Pooled perplexity exp(Σ nll / Σ tokens) with a bootstrap CI over sequences.
 
     `nll[i]` is the *summed* NLL (nats) of sequence/example i and `tokens[i]` its scored-token count, as
-    `harness.perplexity.nll` returns. Sequences, not tokens, are resampled: tokens within a sequence are correlated,
+    `perplexity.nll` returns. Sequences, not tokens, are resampled: tokens within a sequence are correlated,
     so a token-level bootstrap would give too narrow an interval. Each replicate is a ratio of resampled sums.
     With `strata` (a label per sequence, e.g. its distribution) sequences are resampled within each stratum, so
     every replicate pools the distributions in the observed proportions.

@@ -35,10 +35,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import evaluation as ev
-from harness import mirror as hub
+from harness.data import mirror as hub
+from harness.data.sources import Distribution
 from harness.errors import HarnessError
-from harness.sources import Distribution
+from harness.evaluation.helm import is_multiple_choice
+from harness.evaluation.runner import builtin_spec, leaf_tasks, load_task
+from harness.evaluation.tasks import BUILTIN_TASKS, limit_for, resolve_tasks, stock_manager
 
 NGRAM = 13  # GPT-3's and lm-eval's window, in words
 TEMPLATE_DOCS = 3  # a 13-gram in this many documents of one task is template text, not content (see module doc)
@@ -69,7 +71,7 @@ def ngrams(tokens: Sequence[str], n: int = NGRAM) -> list[int]:
 
 def task_documents(tasks: Sequence[str], *, task_dir: Path | None = None, mirror: str | Path | None = None,
                    limit: int | float | Mapping[str, int | None] | None = None,
-                   builtin: Iterable[str] = ev.BUILTIN_TASKS) -> dict[str, list[str]]:
+                   builtin: Iterable[str] = BUILTIN_TASKS) -> dict[str, list[str]]:
     """{leaf task: the text of each document it scores}, for `eval.tasks` (groups and tags expanded to their leaf
     tasks, the names lm-eval reports them under).
 
@@ -81,16 +83,16 @@ def task_documents(tasks: Sequence[str], *, task_dir: Path | None = None, mirror
     from lm_eval.evaluator_utils import get_sample_size
     from lm_eval.tasks import TaskManager
 
-    selection = ev.resolve_tasks(tasks, builtin)
-    specs: list[Any] = [ev._builtin_spec(task_dir, t) for t in selection.builtin] + list(selection.stock)
-    manager = ev.stock_manager() if selection.stock else TaskManager(include_defaults=False)
+    selection = resolve_tasks(tasks, builtin)
+    specs: list[Any] = [builtin_spec(task_dir, t) for t in selection.builtin] + list(selection.stock)
+    manager = stock_manager() if selection.stock else TaskManager(include_defaults=False)
     docs = {}
     with hub.hub_mirror(mirror):
         for top, spec in zip([*selection.builtin, *selection.stock], specs, strict=True):
-            loaded = ev._load(manager, spec)  # builds the task(s): reads datasets
-            for name, task in ev._leaf_tasks(loaded).items():
+            loaded = load_task(manager, spec)  # builds the task(s): reads datasets
+            for name, task in leaf_tasks(loaded).items():
                 every = task.eval_docs
-                n = get_sample_size(task, ev.limit_for(limit, top))
+                n = get_sample_size(task, limit_for(limit, top))
                 scored = every if n is None else [every[i] for i in range(min(n, len(every)))]
                 docs[name] = [doc_text(task, doc) for doc in scored]
     return docs
@@ -102,7 +104,7 @@ def doc_text(task: Any, doc: Any) -> str:
     delimiter = task.config.target_delimiter
     if isinstance(target, list):  # several correct answers: the first stands for them
         target = target[0] if target else ""
-    if ev.is_multiple_choice(task):
+    if is_multiple_choice(task):
         choices = task.doc_to_choice(doc)
         if getattr(task, "multiple_input", 0):  # winogrande: choices are contexts, doc_to_text the gold index
             return f"{choices[text]}{delimiter}{target}"

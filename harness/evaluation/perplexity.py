@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from harness.tokens import IGNORE
+from harness.data.tokens import IGNORE
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ confidence interval, and DEM is compared with data mixing *paired* over the same
   every selection, so an arm that tried more candidates gains nothing from it): whole examples are resampled
   within each distribution, so every replicate pools the distributions in the observed proportions.
 * The chance level of every multiple-choice task (mean over items of 1/number of choices), from the records.
-The methods are in harness/stats.py; this module only gathers and aligns the numbers they need.
+The methods are in harness/stats/intervals.py; this module only gathers and aligns the numbers they need.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from harness import stats
-from harness.evaluation import samples_file
+from harness.evaluation.results import samples_file
+from harness.stats import intervals as stats
 
 N_BOOT = 10_000
 ALPHA = 0.05

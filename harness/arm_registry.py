@@ -1,0 +1,32 @@
+"""The arms a comparison can name in `arms: [...]`: the shipped ones, imported here so they register, and any other
+registered with `@register_arm` before a run starts. Kept apart from harness/arms.py (the protocol the arms import)
+so an arm module never imports the module that imports it."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from harness.arms import ARMS, Arm, ArmError
+from harness.config import did_you_mean
+
+
+def load_builtin_arms() -> None:
+    """Import the shipped arms (they register themselves); inside a function, as they import torch (seconds) and
+    `dem-bench --help` should not wait for it."""
+    import baselines.arm  # noqa: F401  registers data_mixing
+    import dem.arm  # noqa: F401  registers dem
+
+
+def arm_names() -> list[str]:
+    """Every registered arm, sorted."""
+    load_builtin_arms()
+    return sorted(ARMS)
+
+
+def make_arm(name: str, cfg: DictConfig) -> Arm:
+    """The arm registered as `name`, built from the whole config; ArmError (one line) for an unknown name."""
+    load_builtin_arms()
+    if name not in ARMS:
+        raise ArmError(f"arms: unknown arm '{name}'.{did_you_mean(name, arm_names())} "
+                       f"Available: {', '.join(arm_names())}")
+    return ARMS[name](cfg)
