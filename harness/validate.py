@@ -207,7 +207,7 @@ MIXING_METHODS = ("grid", "regmix", "uniform", "proportional", "temperature")
 
 
 def _check_arms(c: DictConfig) -> list[str]:
-    """Every name in `arms` is a registered arm (importing the arms: torch, seconds)."""
+    """Every name in `arms` is a shipped or registered arm (by name: the arms themselves are not imported)."""
     registered = arm_names()
     return [f"arms: unknown arm '{arm}'.{did_you_mean(arm, registered)} "
             f"Available: {', '.join(registered)}" for arm in c.arms if arm not in registered]

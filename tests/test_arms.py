@@ -144,3 +144,22 @@ def test_regmix_proxies_on_a_smaller_model_preset(tmp_path):
     full_tokens = mixing["train_tokens"] - 4 * 1024
     assert mixing["train_flops"] == pytest.approx(4 * 1024 * proxy_fpt + full_tokens * full_fpt)  # each at its own
     assert "on pico" in proc.stdout + proc.stderr  # the plan says where the proxies run
+
+
+def test_the_shipped_arm_names_are_what_their_modules_register_and_a_config_check_imports_neither():
+    """arm_registry.SHIPPED lets validate check `arms:` by name; it must list what the shipped modules register,
+    and checking a config must not import them (they pull in torch, transformers and scipy: 10 s)."""
+    script = (
+        "import sys\n"
+        "from harness.arms import ARMS\n"
+        "from harness.arm_registry import SHIPPED, load_builtin_arms\n"
+        "from harness.validate import validate\n"
+        "from tests.conftest import MICRO, compose_cfg\n"
+        "validate(compose_cfg(MICRO))\n"
+        "assert not {'baselines.arm', 'dem.arm'} & set(sys.modules), 'validate imported an arm'\n"
+        "load_builtin_arms()\n"
+        "assert sorted(ARMS) == sorted(SHIPPED), (sorted(ARMS), SHIPPED)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-2000:]

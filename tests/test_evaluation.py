@@ -254,6 +254,7 @@ def test_builtin_tasks_score_as_before(base_model, tokenizer, tmp_path: Path, mo
     write_tasks(tmp_path, test_sets)
     monkeypatch.setattr(tasks_module, "stock_manager",
                         lambda: pytest.fail("built-in tasks alone must not index lm-eval"))
+    monkeypatch.setattr(tasks_module, "stock_index", lambda: pytest.fail("built-in tasks alone must not index lm-eval"))
     result = evaluate(base_model, tokenizer, tasks=list(test_sets), task_dir=tmp_path, limit=5, batch_size=8,
                       robustness=True, samples_dir=tmp_path / "samples")
     lm = HFLM(pretrained=base_model, tokenizer=tokenizer, batch_size=8, device="cpu")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from harness.data import mirror as hub
+from harness.evaluation.task_index import stock_index
 from harness.evaluation.tasks import (
     BUILTIN_TASKS,
     TaskSelection,
@@ -16,7 +17,6 @@ from harness.evaluation.tasks import (
     check_perturbations,
     leaf_configs,
     resolve_tasks,
-    stock_manager,
 )
 
 
@@ -93,7 +93,7 @@ def _dataset_of(cfg: Mapping[str, Any]) -> tuple[str | None, str | None]:
     if "class" in cfg and cfg.get("dataset_path") is None:
         from lm_eval.tasks._yaml_loader import load_yaml
 
-        cls = load_yaml(Path(stock_manager().task_index[cfg["task"]].yaml_path), resolve_func=True)["class"]
+        cls = load_yaml(Path(stock_index()[cfg["task"]].yaml_path), resolve_func=True)["class"]
         return getattr(cls, "DATASET_PATH", None), getattr(cls, "DATASET_NAME", None)
     return cfg.get("dataset_path"), cfg.get("dataset_name")
 

@@ -24,6 +24,7 @@ import yaml
 from harness.data.builtin import Example
 from harness.errors import ConfigError
 from harness.evaluation import perturb as pt
+from harness.evaluation.task_index import stock_index
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,8 @@ def chance_level(examples: list[Example]) -> float:
 
 @functools.cache
 def stock_manager() -> Any:
-    """lm-eval's index of every stock task, group and tag: built once per process (it takes 8-15 s)."""
+    """lm-eval's TaskManager over every stock task: what evaluation builds tasks with, once per process (it builds
+    its own index, 13 s). Resolving names needs only the index, which task_index.stock_index keeps on disk."""
     from lm_eval.tasks import TaskManager
 
     quiet_lm_eval()
@@ -102,7 +104,7 @@ def resolve_tasks(names: Sequence[str], builtin: Iterable[str] = BUILTIN_TASKS) 
     stock = tuple(n for n in names if n not in builtin)
     problems = [f"'{n}' is listed twice" for n in sorted({n for n in names if list(names).count(n) > 1})]
     if stock:
-        index = stock_manager().task_index
+        index = stock_index()
         known = sorted(set(index) | builtin)
         problems += [_unknown(n, known) for n in stock if n not in index]
         if not problems:
@@ -140,7 +142,7 @@ def _walk(name: str, overrides: Mapping[str, Any] | None = None) -> Iterator[tup
     a group's non-structural keys and a member's inline keys override the task's own YAML."""
     from lm_eval.tasks._index import Kind
 
-    entry = stock_manager().task_index[name]
+    entry = stock_index()[name]
     if entry.kind == Kind.TAG:
         for task in sorted(entry.tags):
             yield from _walk(task, overrides)
@@ -156,7 +158,7 @@ def _walk_group(group: str, cfg: Mapping[str, Any], overrides: dict[str, Any]) -
 
     structural = {f.name for f in dataclasses.fields(GroupConfig)}
     merged = {**{k: v for k, v in cfg.items() if k not in structural}, **overrides}
-    index = stock_manager().task_index
+    index = stock_index()
     for item in cfg.get("task") or []:
         if isinstance(item, str):
             ref, extra = item, {}
