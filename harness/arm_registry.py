@@ -24,10 +24,15 @@ def arm_names() -> list[str]:
     return sorted(set(SHIPPED) | set(ARMS))
 
 
+def unknown_arm(name: str) -> str:
+    """The one-line answer to an `arms:` entry no arm is registered as (validate and make_arm both give it)."""
+    known = arm_names()
+    return f"arms: unknown arm '{name}'.{did_you_mean(name, known)} Available: {', '.join(known)}"
+
+
 def make_arm(name: str, cfg: DictConfig) -> Arm:
     """The arm registered as `name`, built from the whole config; ArmError (one line) for an unknown name."""
     load_builtin_arms()
     if name not in ARMS:
-        raise ArmError(f"arms: unknown arm '{name}'.{did_you_mean(name, arm_names())} "
-                       f"Available: {', '.join(arm_names())}")
+        raise ArmError(unknown_arm(name))
     return ARMS[name](cfg)

@@ -2,8 +2,8 @@
 that need a stage's own knowledge — training sources (data), the hub mirror, the registered arms and merge
 strategies, lm-eval's task index (evaluation) — all problems found and reported together, before any expensive work.
 
-The schema does not import the stages; this module is where they meet (the stages import only harness.config and
-harness.errors), so importing a stage never pulls in the config's validation and no import cycle forms.
+The schema does not import the stages; this module is where they meet, and no stage imports it (only the CLI, the
+pipeline and preflight do: tests/test_layout.py), so importing a stage never pulls in validation and no cycle forms.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from harness.arm_registry import arm_names, make_arm
+from harness.arm_registry import arm_names, make_arm, unknown_arm
 from harness.config import (
     DEVICES,
     DTYPES,
@@ -208,9 +208,7 @@ MIXING_METHODS = ("grid", "regmix", "uniform", "proportional", "temperature")
 
 def _check_arms(c: DictConfig) -> list[str]:
     """Every name in `arms` is a shipped or registered arm (by name: the arms themselves are not imported)."""
-    registered = arm_names()
-    return [f"arms: unknown arm '{arm}'.{did_you_mean(arm, registered)} "
-            f"Available: {', '.join(registered)}" for arm in c.arms if arm not in registered]
+    return [unknown_arm(arm) for arm in c.arms if arm not in arm_names()]
 
 
 def _check_mixing(c: DictConfig) -> list[str]:
