@@ -7,6 +7,7 @@ single-distribution fine-tune) → statistics, cost and quality → report.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -16,6 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import scipy
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig
 
@@ -124,10 +127,7 @@ def _compare(cfg: DictConfig, output_dir: Path, sweep: dict[str, str], watch: St
     # 7. Statistics from the per-sample results, cost and quality; the report (summary.json last: it marks the
     #    run complete).
     with stage("statistics"):
-        stats = statistics(methods, evaluator.samples, evaluator.ppl_units, evaluator.headline, evaluator.groups,
-                           seed=cfg.seeds.search, higher=evaluator.higher)
-        kept = retention(methods, evaluator.samples, evaluator.ppl_units, evaluator.headline, evaluator.groups,
-                         names=list(cfg.data.distributions), seed=cfg.seeds.search, higher=evaluator.higher)
+        stats, kept = cached_statistics(ctx, methods, evaluator)
     summary = {
         "methods": methods,
         **cost_ratios(methods),
@@ -163,6 +163,36 @@ def _compare(cfg: DictConfig, output_dir: Path, sweep: dict[str, str], watch: St
 # ---------------------------------------------------------------------------------------------------- the steps
 
 
+STATS_CODE = sorted((Path(__file__).parent / "stats").glob("*.py"))  # what computes statistics: part of their key
+
+
+def cached_statistics(ctx: Context, methods: Mapping[str, Any], evaluator: Evaluator) -> tuple[dict, dict]:
+    """summary's `statistics` and `retention` (10,000-resample bootstraps, 2 s of a 14 s warm rerun), as a cache
+    entry keyed by everything they read — the rows, every per-sample file's bytes, the per-example perplexities,
+    the seed — and by the statistics code's own bytes, so a change to either computes them afresh."""
+    cfg = ctx.cfg
+    keyed = {label: {k: v for k, v in m.items() if k != "built_by_other_commit"} for label, m in methods.items()}
+    inputs = hashlib.sha256(json.dumps(  # built_by_other_commit: provenance, which a rerun by other code changes
+        [keyed, evaluator.ppl_units, evaluator.headline, evaluator.groups, evaluator.higher,
+         list(cfg.data.distributions), cfg.seeds.search], sort_keys=True, default=str).encode())
+    for label, folder in sorted(evaluator.samples.items()):
+        for f in sorted(Path(folder).rglob("*.jsonl")):
+            inputs.update(f"{label}/{f.relative_to(folder)}".encode())
+            inputs.update(f.read_bytes())
+    code = hashlib.sha256(b"".join(f.read_bytes() for f in STATS_CODE)).hexdigest()
+    spec = {"inputs": inputs.hexdigest(), "code": code, "numpy": np.__version__, "scipy": scipy.__version__}
+
+    def compute(folder: Path) -> dict[str, Any]:
+        stats = statistics(methods, evaluator.samples, evaluator.ppl_units, evaluator.headline, evaluator.groups,
+                           seed=cfg.seeds.search, higher=evaluator.higher)
+        kept = retention(methods, evaluator.samples, evaluator.ppl_units, evaluator.headline, evaluator.groups,
+                         names=list(cfg.data.distributions), seed=cfg.seeds.search, higher=evaluator.higher)
+        return {"statistics": stats, "retention": kept}
+
+    record = ctx.cache.get_or_create("summary_stats", spec, compute, "statistics").record  # JSON-normalised, hit or not
+    return record["statistics"], record["retention"]
+
+
 def source_of(cfg: DictConfig, name: str) -> SourceConfig:
     """A distribution's source config; a name without an entry is built-in."""
     return OmegaConf.to_object(cfg.data.sources[name]) if name in cfg.data.sources else SourceConfig()
@@ -190,8 +220,8 @@ def make_context(cfg: DictConfig, cache: RunCache, out: Path, splits: dict[str, 
         log.info("base model %s from %s on %s (%s)", base.key, base.path, runtime.name, runtime.dtype)
         tok = load_tokenizer(base.path, options)
         with stage("tokenisation"):
-            pools = store_pools(cache, tokenizer, {n: [encode(tok, e) for e in s.train] for n, s in splits.items()},
-                                fingerprints)
+            pools = store_pools(cache, tokenizer, {n: lambda s=s: [encode(tok, e) for e in s.train]
+                                                   for n, s in splits.items()}, fingerprints)
         model_config = AutoConfig.from_pretrained(base.path, trust_remote_code=options.trust_remote_code)
     else:
         tok = None

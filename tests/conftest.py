@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
+# pytest-xdist (`-n auto` in pyproject.toml): each worker, and every CLI process it starts, gets its share of the
+# cores as torch threads (set before torch is imported): oversubscribed cores slow every torch op down.
+if workers := os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // int(workers)))
+
 from pathlib import Path
 
 import pytest

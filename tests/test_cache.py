@@ -2,8 +2,9 @@ import json
 
 from harness.data.builtin import generate_splits
 from harness.data.tokens import encode
-from harness.models.loading import load_model, load_tokenizer
+from harness.models.loading import LoadOptions, load_model, load_tokenizer
 from harness.runs.cache import RunCache, spec_key
+from harness.runs.spec import read_pool, store_pools, tokenizer_spec
 from harness.runs.trainer import finetune
 
 
@@ -59,3 +60,21 @@ def test_real_finetune_through_the_cache_is_reused(micro_base, tmp_path):
     assert first.record["train_tokens"] == cfg.budget.train_tokens // cfg.budget.seq_len * cfg.budget.seq_len
     assert (second.path / "model.safetensors").exists()
     assert load_model(second.path).config.hidden_size == cfg.model.hidden_size
+
+
+def test_a_cached_token_pool_is_not_tokenized_again(tmp_path):
+    """store_pools tokenizes a distribution only for a pool the cache lacks: a warm rerun tokenizes nothing."""
+    calls = []
+    seqs = [([5, 6, 7, 2], [-100, 6, 7, 2]), ([8, 2], [8, 2])]
+
+    def tokenize():
+        calls.append(1)
+        return seqs
+
+    cache, spec = RunCache(tmp_path), tokenizer_spec("base-key", LoadOptions())
+    first = store_pools(cache, spec, {"mathqa": tokenize}, {"mathqa": "rows-fingerprint"})
+    second = store_pools(cache, spec, {"mathqa": tokenize}, {"mathqa": "rows-fingerprint"})
+    assert first == second and calls == [1]
+    assert read_pool(tmp_path / "pools" / first["mathqa"] / "pool.safetensors") == seqs
+    store_pools(cache, spec, {"mathqa": tokenize}, {"mathqa": "other-rows"})  # other rows: tokenized
+    assert calls == [1, 1]

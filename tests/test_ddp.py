@@ -37,7 +37,7 @@ def micro_spec(micro_base, cache_root: Path) -> RunSpec:
     tok = load_tokenizer(base_dir)
     pool = [encode(tok, e) for e in generate_splits("mathqa", 0, 100, 1, 1).train]
     fingerprints = {"mathqa": "test-mathqa-100"}
-    pools = store_pools(RunCache(cache_root), tokenizer_spec("micro-test", LoadOptions()), {"mathqa": pool},
+    pools = store_pools(RunCache(cache_root), tokenizer_spec("micro-test", LoadOptions()), {"mathqa": lambda: pool},
                         fingerprints)
     budget = {k: v for k, v in OmegaConf.to_container(cfg.budget, resolve=True).items() if k != "mode"}
     return RunSpec(base_key="micro-test", base_path=str(base_dir), weights={"mathqa": 1.0},

@@ -114,6 +114,7 @@ def test_rerun_reuses_every_finished_run_and_names_the_code_that_built_it(first_
     log = proc.stdout + proc.stderr
     assert "cache miss" not in log
     assert log.count("cache hit train/") == 6  # 3 singles + 3 more grid points (corners are the singles): once each
+    assert log.count("cache hit summary_stats/") == 1  # the statistics too: same inputs, same code
     one = json.loads((root / "out1" / "summary.json").read_text())["methods"]
     two = json.loads((root / "out2" / "summary.json").read_text())["methods"]
     other = {name: two[name].pop("built_by_other_commit") for name in two}
@@ -223,6 +224,7 @@ def test_a_task_added_to_a_finished_run_is_the_only_one_scored_and_score_models_
     assert len(misses) == 2 and all("mmlu_abstract_algebra" in line for line in misses), misses
     assert {m.split("(")[1].split()[0] for m in misses} == {"base", "dem"}
     assert "cache miss train/" not in log and "cache miss ppl/" not in log
+    assert log.count("cache miss summary_stats/") == 1  # new per-sample files: the statistics are computed afresh
     assert "eval: model 1/2 base, task 6/6 mmlu_abstract_algebra" in log  # progress: model i of n, task
 
     one = json.loads((root / "out1" / "summary.json").read_text())["methods"]

@@ -388,3 +388,19 @@ def test_mirror_fingerprint_follows_the_files_read(mirror_root: Path, tmp_path: 
 def test_mirror_folder_that_does_not_exist(tmp_path: Path):
     with pytest.raises(MirrorError, match="is not a folder"):
         check_mirror(["boolq"], tmp_path / "absent")
+
+
+def test_lm_eval_templates_are_compiled_once_and_render_as_lm_eval_renders_them():
+    """quiet_lm_eval makes lm-eval compile each Jinja template once per process instead of once per document: the
+    texts are exactly what lm-eval's own environment renders, and 50 documents cost one compile."""
+    import lm_eval.utils
+
+    tasks_module.quiet_lm_eval()
+    template = "Q: {{question}}{% if choices %} ({{ choices | join(', ') }}){% endif %}\nA:"
+    docs = [{"question": f"what is {i}+{i}?", "choices": [str(i), str(2 * i)] if i % 2 else []} for i in range(50)]
+    before = tasks_module._template.cache_info()
+    got = [lm_eval.utils.apply_template(template, doc) for doc in docs]
+    after = tasks_module._template.cache_info()
+    assert got == [lm_eval.utils.env.from_string(template).render(**doc) for doc in docs]
+    assert got[1] == "Q: what is 1+1? (1, 2)\nA:" and got[0] == "Q: what is 0+0?\nA:"
+    assert after.misses - before.misses <= 1 and after.hits - before.hits >= 49

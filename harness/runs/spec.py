@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -97,15 +98,18 @@ def pool_spec(tokenizer: dict[str, Any], fingerprint: str) -> dict[str, Any]:
     return {"tokenizer": tokenizer, "fingerprint": fingerprint, "version": POOL_VERSION}
 
 
-def store_pools(cache: RunCache, tokenizer: dict[str, Any], seqs: dict[str, list[Sequence_]],
+def store_pools(cache: RunCache, tokenizer: dict[str, Any], seqs: Mapping[str, Callable[[], list[Sequence_]]],
                 fingerprints: dict[str, str]) -> dict[str, str]:
     """Each distribution's tokenized training sequences as a cache entry (ids + prompt lengths); returns the keys
-    a RunSpec names. Keyed by the tokenizer (`tokenizer_spec`) and the rows' fingerprint."""
+    a RunSpec names. Keyed by the tokenizer (`tokenizer_spec`) and the rows' fingerprint. `seqs` gives, per
+    distribution, a function that tokenizes its rows: called only for a pool not yet in the cache (a warm rerun
+    tokenizes nothing)."""
     keys = {}
-    for name, pool in seqs.items():
+    for name, make in seqs.items():
         spec = pool_spec(tokenizer, fingerprints[name])
 
-        def write(folder: Path, pool: list[Sequence_] = pool) -> dict[str, Any]:
+        def write(folder: Path, make: Callable[[], list[Sequence_]] = make) -> dict[str, Any]:
+            pool = make()
             ids = [t for s in pool for t in s[0]]
             save_file({"ids": torch.tensor(ids, dtype=torch.int64),
                        "lengths": torch.tensor([len(s[0]) for s in pool], dtype=torch.int64),
