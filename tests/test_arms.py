@@ -6,23 +6,18 @@ and the embedded pipeline's numbers are those it had before arms became plug-ins
 from __future__ import annotations
 
 import json
-import os
-import re
 import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
-import torch
 
 from harness.arms import ARMS, Candidate, Context, Planned, register_arm
-from harness.models.loading import device_name
 from harness.runs.cache import Entry
 from harness.validate import validate
-from tests.conftest import MICRO, MICRO_PINNED, compose_cfg
+from tests.conftest import MICRO, compose_cfg
 
-PIN = Path(__file__).parent / "data" / "micro_pin.json"
 # The RegMix tests check what each row is charged and how it was chosen, not its scores: one task, one model scored
 # (lm-eval on every task of each of ~10 models was most of their time)
 COSTS_ONLY = ["eval.tasks=[mathqa_mc]", "eval.score_models=[dem]"]
@@ -102,34 +97,6 @@ def test_plan_only_prints_every_run_and_writes_nothing(tmp_path):
     assert "plan: " in proc.stdout and "to train" in proc.stdout and "proxy 1/12" in proc.stdout
     assert "mixing_regmix" in proc.stdout and "(to be chosen)" in proc.stdout
     assert list(tmp_path.iterdir()) == []  # no cache, no output, no runs/ folder
-
-
-@pytest.mark.slow
-def test_the_embedded_pipeline_reproduces_its_pre_plugin_numbers(tmp_path):
-    """The micro comparison's numbers, pinned from the pipeline before arms became plug-ins. Floats are bitwise
-    equal only on the machine kind they were recorded on (float kernels differ), so elsewhere this skips, saying so."""
-    pin = json.loads(PIN.read_text())
-    cpu, threads = re.fullmatch(r"(.*) \((\d+) threads\)", pin["cpu"]).groups()
-    here = (re.sub(r" \(\d+ threads\)$", "", device_name(torch.device("cpu"))),
-            torch.backends.cpu.get_cpu_capability(), torch.__version__)
-    if here != (cpu, pin["cpu_capability"], pin["torch"]):
-        pytest.skip(f"pinned on {pin['cpu']} {pin['cpu_capability']} torch {pin['torch']}; this machine: {here}")
-    # the pin's thread count too (a parallel worker gets fewer by default; a sum's order can follow the threads)
-    proc = subprocess.run([sys.executable, "-m", "harness", *MICRO_PINNED, f"output_dir={tmp_path / 'out'}",
-                           f"cache_dir={tmp_path / 'cache'}"], capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "OMP_NUM_THREADS": threads})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    methods = json.loads((tmp_path / "out" / "summary.json").read_text())["methods"]
-    for name, want in pin["methods"].items():
-        got = methods[name]
-        # the pin's val_ppl is the slice selection uses, which summary.json has called selection_val_ppl since
-        # val_ppl moved to the held-out report slice
-        assert got["selection_val_ppl"] == want["val_ppl"], name
-        assert got["selection_val_ppl_by_dist"] == want["val_ppl_by_dist"], name
-        assert {t: got["scores"][t] for t in want["scores"]} == want["scores"], name
-        assert got["train_flops"] == want["train_flops"], name
-        assert got["search_forward_tokens"] == want["search_forward_tokens"], name
-        assert {n: w for n, w in got["selected"].get("weights", {}).items() if w > 0} == want["weights"], name
 
 
 @pytest.mark.slow
