@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 
 # pytest-xdist (`-n auto` in pyproject.toml): each worker, and every CLI process it starts, gets its share of the
-# cores as torch threads (set before torch is imported): oversubscribed cores slow every torch op down.
+# cores as torch threads (set before torch is imported): oversubscribed cores slow every torch op down. The cores
+# are counted as harness.runs.executor.cores() counts them; that module imports torch, so it cannot be used here.
 if workers := os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
-    os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // int(workers)))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    os.environ["OMP_NUM_THREADS"] = str(max(1, cores // int(workers)))
 
 from pathlib import Path
 
