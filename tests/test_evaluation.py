@@ -404,3 +404,37 @@ def test_lm_eval_templates_are_compiled_once_and_render_as_lm_eval_renders_them(
     assert got == [lm_eval.utils.env.from_string(template).render(**doc) for doc in docs]
     assert got[1] == "Q: what is 1+1? (1, 2)\nA:" and got[0] == "Q: what is 0+0?\nA:"
     assert after.misses - before.misses <= 1 and after.hits - before.hits >= 49
+
+
+def test_lm_eval_encodings_are_remembered_per_tokenizer(base_model, tokenizer, monkeypatch: pytest.MonkeyPatch):
+    """Every model of a comparison is scored on the same strings with one tokenizer: the second model's HFLM
+    encodes nothing, gets exactly what lm-eval's own tok_encode returns, and a fresh list each time; past
+    MEMO_TOKENS strings are encoded (correctly) but not kept."""
+    import weakref
+
+    from lm_eval.models.huggingface import HFLM
+
+    from harness.evaluation import runner
+
+    monkeypatch.setattr(runner, "_ENCODED", weakref.WeakKeyDictionary())
+    texts = ["the cat sat", "the cat sat on the mat", "x " * 40, "Q: 2+2?\nA:"]
+    expected = [HFLM(pretrained=base_model, tokenizer=tokenizer, device="cpu").tok_encode(t) for t in texts]
+    calls: list[str] = []
+    encode = tokenizer.encode
+    monkeypatch.setattr(tokenizer, "encode", lambda text, **kw: calls.append(text) or encode(text, **kw))
+    first, second = (HFLM(pretrained=base_model, tokenizer=tokenizer, device="cpu") for _ in range(2))
+    runner.memoise_encoding(first)
+    runner.memoise_encoding(second)
+
+    assert [first.tok_encode(t) for t in texts] == expected and calls == texts
+    second.tok_encode(texts[0]).append(-1)  # a caller changing its list changes nobody else's
+    assert [second.tok_encode(t) for t in texts] == expected and calls == texts
+    assert second.tok_encode(texts[1], left_truncate_len=2) == expected[1][-2:] and len(calls) == 5
+
+    monkeypatch.setattr(runner, "_ENCODED", weakref.WeakKeyDictionary())
+    monkeypatch.setattr(runner, "MEMO_TOKENS", len(expected[0]))
+    bounded = HFLM(pretrained=base_model, tokenizer=tokenizer, device="cpu")
+    runner.memoise_encoding(bounded)
+    calls.clear()
+    assert [bounded.tok_encode(t) for t in texts * 2] == expected * 2
+    assert calls == texts + texts[1:]  # only the first string fitted

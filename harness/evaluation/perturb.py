@@ -114,6 +114,11 @@ def perturb(text: str, seed: int, kinds: Sequence[str] = KINDS) -> str:
     same kinds agree); the RNG comes from (seed, text). A non-blank text never comes back blank."""
     if problems := unknown_kinds(kinds):
         raise KeyError("; ".join(problems))
+    return _perturbed(text, seed, frozenset(kinds))
+
+
+@functools.lru_cache(maxsize=1 << 16)  # pure; every scored model and the per-sample records ask for the same prompts
+def _perturbed(text: str, seed: int, kinds: frozenset[str]) -> str:
     rng = random.Random(stable_seed(seed, "perturb", text))
     out = text
     for kind in KINDS:

@@ -3,8 +3,11 @@ HELM-style pass beside it (helm.py); results are flattened and written by result
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
+import weakref
+from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -69,6 +72,7 @@ def evaluate(model: Any, tokenizer: Any, *, tasks: Sequence[str], task_dir: Path
     manager = lm_tasks.stock_manager() if selection.stock else TaskManager(include_defaults=False)
     fewshot = num_fewshot if isinstance(num_fewshot, int) else None
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
+    memoise_encoding(lm)
     run = functools.partial(simple_evaluate, model=lm, task_manager=manager, num_fewshot=fewshot, limit=limit,
                             gen_kwargs=_plain(gen_kwargs) or None, log_samples=True,
                             bootstrap_iters=bootstrap_iters, verbosity="WARNING")
@@ -93,6 +97,47 @@ def evaluate(model: Any, tokenizer: Any, *, tasks: Sequence[str], task_dir: Path
     if samples_dir is not None:
         write_samples(Path(samples_dir), samples)
     return result
+
+
+MEMO_TOKENS = 4_000_000  # token ids kept per tokenizer (4 bytes each): the embedded default needs ~0.6M
+
+
+@dataclasses.dataclass
+class _Encoded:
+    ids: dict[tuple[Any, ...], array] = dataclasses.field(default_factory=dict)
+    tokens: int = 0
+
+
+_ENCODED: weakref.WeakKeyDictionary[Any, _Encoded] = weakref.WeakKeyDictionary()  # tokenizer -> its encodings
+
+
+def memoise_encoding(lm: Any) -> None:
+    """Make `lm.tok_encode` remember its answers per tokenizer, for every HFLM of the process.
+
+    A comparison scores every model on the same requests with the same tokenizer, and lm-eval encodes each
+    multiple-choice context once per choice (context alone and context + choice): 94,608 encodes in the embedded
+    default, 10k of them distinct. Encoding is a pure function of the string, the arguments and the two HFLM
+    settings in the key; a hit returns a fresh list, so no caller can change what the next one gets. Past
+    MEMO_TOKENS nothing more is kept (later strings are encoded as before), bounding memory on large benchmarks.
+    """
+    encode = lm.tok_encode
+    memo = _ENCODED.setdefault(lm.tokenizer, _Encoded())
+
+    def tok_encode(string: str, add_special_tokens: bool | None = None, left_truncate_len: int | None = None,
+                   **kwargs: Any) -> list[int]:
+        if kwargs:
+            return encode(string, add_special_tokens=add_special_tokens, left_truncate_len=left_truncate_len,
+                          **kwargs)
+        key = (string, add_special_tokens, left_truncate_len, lm.add_bos_token, lm.backend)
+        if (known := memo.ids.get(key)) is not None:
+            return known.tolist()
+        ids = encode(string, add_special_tokens=add_special_tokens, left_truncate_len=left_truncate_len)
+        if memo.tokens + len(ids) <= MEMO_TOKENS:
+            memo.ids[key] = array("i", ids)
+            memo.tokens += len(ids)
+        return ids
+
+    lm.tok_encode = tok_encode
 
 
 def builtin_spec(task_dir: Path | None, task: str) -> dict[str, Any]:
