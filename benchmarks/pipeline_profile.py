@@ -70,6 +70,17 @@ def table(timings: dict, wall: float) -> str:
     return "\n".join(lines)
 
 
+def yardstick(timings: dict, wall: float) -> str:
+    """The whole command in units of its own training runs. A shared 2-core VM runs the same work 10-20% slower
+    from one hour to the next; the training runs are fixed work (same config, same steps), so a change elsewhere
+    shows in this ratio even when the machine's speed has moved (not for changes to training itself)."""
+    runs = [s["seconds"] for s in timings["stages"] if s["stage"].startswith("train ")]
+    if not runs:
+        return "no training runs (all cached)"
+    return (f"{len(runs)} training runs {sum(runs):.1f} s ({min(runs):.1f}-{max(runs):.1f} each); "
+            f"whole / training runs = {wall / sum(runs):.3f}")
+
+
 def first_contact() -> str:
     helps, errors = [], []
     for _ in range(3):
@@ -117,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(f"{name} (warm): the run failed:\n{proc.stderr[-3000:]}")
         print(f"\n## {name}: {' '.join(RUNS[name]) or '(the embedded default)'}; cold cache\n")
         print(table(timings, cold))
-        print(f"\n{name}: cold {cold:.1f} s, warm rerun {warm:.1f} s")
+        print(f"\n{name}: cold {cold:.1f} s, warm rerun {warm:.1f} s; {yardstick(timings, cold)}")
     print(first_contact())
 
 

@@ -54,16 +54,20 @@ for name in "${names[@]}"; do
           {merge: regmean}]" \
         "eval.score_models=[base,data_mixing,dem,dem_fisher,dem_regmean]" \
         cache_dir=$cache output_dir=runs/ref/$name ;;
-    default-cpu)  # the embedded default alone (seed 0 of default-cpu-seeds)
+    default-cpu)  # the embedded default alone (since #21 its base has 200k pre-training tokens: not seed 0 of
+      # default-cpu-seeds)
       timed $name $bin/dem-bench cache_dir=$cache output_dir=runs/ref/$name ;;
-    default-cpu-seeds)  # issue 9: the embedded default over 3 seeds, aggregated
-      timed $name $bin/dem-bench -m seed=0,1,2 cache_dir=$cache hydra.sweep.dir=runs/ref/$name
+    default-cpu-seeds)  # issue 9: the embedded default over 3 seeds, aggregated (made when the tiny base was
+      # pre-trained on 400k tokens: the default until #21, pinned here so the command is the one they ran)
+      timed $name $bin/dem-bench -m seed=0,1,2 model.pretrain_tokens=400000 cache_dir=$cache \
+        hydra.sweep.dir=runs/ref/$name
       $bin/dem-bench-report runs/ref/$name --wandb disabled ;;
     baselines-cpu)  # issue 10: grid, RegMix, uniform, proportional, temperature vs DEM under both budget modes
-      timed $name-per_run $bin/dem-bench mixing=baselines budget.mode=per_run cache_dir=$cache \
-        output_dir=runs/ref/$name/per_run
-      timed $name-matched_total $bin/dem-bench mixing=baselines budget.mode=matched_total cache_dir=$cache \
-        output_dir=runs/ref/$name/matched_total ;;
+      # (on default-cpu-seeds' seed 0, so with its 400k-token base)
+      timed $name-per_run $bin/dem-bench mixing=baselines budget.mode=per_run model.pretrain_tokens=400000 \
+        cache_dir=$cache output_dir=runs/ref/$name/per_run
+      timed $name-matched_total $bin/dem-bench mixing=baselines budget.mode=matched_total \
+        model.pretrain_tokens=400000 cache_dir=$cache output_dir=runs/ref/$name/matched_total ;;
     *) echo "unknown reference '$name'" >&2; exit 2 ;;
   esac
 done
