@@ -28,8 +28,6 @@ from harness.evaluation.task_index import stock_index
 
 log = logging.getLogger(__name__)
 
-log = logging.getLogger(__name__)
-
 
 TASK_VERSION = 1.0  # bump when a built-in task's prompt format changes; stored beside every score
 
